@@ -1,0 +1,330 @@
+"""Typed configuration: frozen dataclasses loaded from YAML, overridable from the CLI.
+
+Defaults are declared once, here. Loading is strict: an unknown key anywhere is an error that
+names the full dotted key, so a typo never silently falls back to a default.
+
+    cfg = load_config("configs/movielens-100k.yaml", overrides=["confidence.f=linear"])
+    cfg.confidence.weights["purchase"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import schema as S
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used, with the offending key named."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str | None = "local[2]"  # None: leave it to spark-submit / the cluster
+    app_name: str = "reclake"
+    shuffle_partitions: int = 4
+    driver_memory: str = "4g"
+    log_level: str = "WARN"
+    ui: bool = False
+    # resolve Delta JARs through delta.configure_spark_with_delta_pip (local runs); on a
+    # cluster pass --packages / spark.jars yourself and set this to false
+    delta_pip: bool = True
+    checkpoint_dir: str | None = None  # default: <lake>/_checkpoints
+    conf: Mapping[str, str] = field(default_factory=dict)  # passed through verbatim
+
+
+@dataclass(frozen=True)
+class GenericSourceConfig:
+    """Column and behaviour mapping for `--source-format generic`."""
+
+    format: str = "csv"  # csv | jsonl | parquet
+    header: bool = True
+    delimiter: str = ","
+    # canonical field -> source column name (unmapped fields are null)
+    columns: Mapping[str, str] = field(
+        default_factory=lambda: {
+            S.USER_ID: "user_id",
+            S.ITEM_ID: "item_id",
+            S.BEHAVIOR: "behavior",
+            S.VALUE: "value",
+            S.TS: "ts",
+            S.SESSION_ID: "session_id",
+            S.CATEGORY_ID: "category_id",
+        }
+    )
+    ts_format: str = "auto"  # auto | epoch_s | epoch_ms | iso | a Spark datetime pattern
+    default_behavior: str | None = None  # used when no behaviour column is mapped
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source_format: str = "generic"
+    path: str | None = None
+    batch_id: str | None = None  # default: a hash of format + file names, sizes and mtimes
+    force: bool = False  # re-run a batch already recorded in audit/batches
+    encoding: str | None = None  # default: the reader's (latin-1 for MovieLens)
+    timezone: str = "UTC"  # zone of naive datetime strings in the source
+    ts_min: str = "1990-01-01T00:00:00Z"
+    ts_max: str | None = None  # default: now + 1 day
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    value_min: float = 0.0  # prices / counts must be >= this
+    value_max: float = 1e12
+    # sources without timestamps (Last.fm user_artists.dat) get this instead of being rejected
+    default_ts: str = "2000-01-01T00:00:00Z"
+    behavior_map: Mapping[str, str] = field(default_factory=dict)  # raw -> canonical overrides
+    generic: GenericSourceConfig = field(default_factory=GenericSourceConfig)
+
+
+@dataclass(frozen=True)
+class BehaviorConfig:
+    extras: tuple[str, ...] = ()  # vocabulary beyond the canonical six, e.g. ["play", "share"]
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """confidence = sum_b weights[b] * f(amount_b) * (optional time decay)."""
+
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {
+            S.VIEW: 1.0,
+            S.CLICK: 2.0,
+            S.CART: 4.0,
+            S.FAV: 3.0,
+            S.PURCHASE: 8.0,
+            S.RATING_B: 1.0,
+        }
+    )
+    f: str = "log1p"  # linear | log1p | sqrt | binary
+    # how a behaviour's amount is measured: count (events, time-decayed), sum_value, mean_value
+    amount: Mapping[str, str] = field(default_factory=lambda: {S.RATING_B: "mean_value"})
+    half_life_days: float | None = None  # None: no decay
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    max_len: int = 50
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    protocol: str = "stratified"  # stratified | temporal | leave_last_out
+    seed: int = 42
+    ratio: float = 0.75  # stratified: train share per user
+    valid_ratio: float = 0.0  # stratified: valid share per user, taken from the test side
+    cutoff: str | None = None  # temporal: explicit cutoff timestamp (UTC)
+    test_fraction: float = 0.2  # temporal: share of events after the cutoff when none is given
+    valid_fraction: float = 0.0  # temporal: share of events between valid and test cutoffs
+    min_user_interactions: int = 2  # users with fewer interactions stay in train entirely
+    cold: str = "drop"  # drop | keep test rows whose user or item never appears in train
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out: str = "./demo-data"
+    users: int = 2_000
+    items: int = 1_000
+    events: int = 100_000
+    days: int = 30
+    start: str = "2024-01-01"
+    categories: int = 50
+    seed: int = 7
+    zipf_a: float = 1.1
+    dirty_rate: float = 0.0
+    formats: tuple[str, ...] = ("csv",)  # csv | jsonl | parquet | taobao | retailrocket
+    chunk_events: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    lake: str = "./lake"
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    behaviors: BehaviorConfig = field(default_factory=BehaviorConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """Canonical behaviours plus configured extras, in a fixed order."""
+        return S.CANONICAL_BEHAVIORS + tuple(
+            b for b in self.behaviors.extras if b not in S.CANONICAL_BEHAVIORS
+        )
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[]") for v in value)
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return types.MappingProxyType(
+            {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        )
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true/false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        try:
+            out = hint(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}") from e
+        if hint is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return out
+    if hint is str:
+        if isinstance(value, Mapping | list):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls, data: Mapping[str, Any], prefix: str = ""):
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        full = [f"{prefix}.{k}" if prefix else k for k in unknown]
+        raise ConfigError(f"unknown config key(s): {', '.join(full)} (known: {sorted(names)})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    # a partial mapping for a nested section fills the rest from that section's defaults
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load a Config.
+
+    Args:
+        path: YAML file (None: defaults only).
+        overrides: ``["section.key=value", ...]``; values parse as YAML (``5``, ``true``, ``[a,b]``).
+        values: dotted keys -> already-typed values (what CLI flags set), applied last.
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        data = _merge(data, loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    if cfg.confidence.f not in ("linear", "log1p", "sqrt", "binary"):
+        raise ConfigError(f"confidence.f must be linear|log1p|sqrt|binary, got {cfg.confidence.f!r}")
+    vocab = set(cfg.vocabulary)
+    for b in cfg.confidence.weights:
+        if b not in vocab:
+            raise ConfigError(f"confidence.weights.{b}: '{b}' is not a known behaviour {sorted(vocab)}")
+    for b, how in cfg.confidence.amount.items():
+        if how not in ("count", "sum_value", "mean_value"):
+            raise ConfigError(f"confidence.amount.{b} must be count|sum_value|mean_value, got {how!r}")
+    for raw, canon in cfg.ingest.behavior_map.items():
+        if canon not in vocab:
+            raise ConfigError(
+                f"ingest.behavior_map.{raw}: '{canon}' is not a known behaviour; add it to "
+                f"behaviors.extras"
+            )
+    if cfg.split.protocol not in ("stratified", "temporal", "leave_last_out"):
+        raise ConfigError(f"split.protocol must be stratified|temporal|leave_last_out, got {cfg.split.protocol!r}")
+    if not 0 < cfg.split.ratio <= 1:
+        raise ConfigError(f"split.ratio must be in (0, 1], got {cfg.split.ratio}")
+    if cfg.split.cold not in ("drop", "keep"):
+        raise ConfigError(f"split.cold must be drop|keep, got {cfg.split.cold!r}")
+    if cfg.sequences.max_len < 1:
+        raise ConfigError("sequences.max_len must be >= 1")
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (for Ray's param_space and for printing)."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Mapping):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)

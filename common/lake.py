@@ -1,0 +1,125 @@
+"""Lake layout (table name -> path) and the Delta read/write helpers every job uses.
+
+Table names are fixed: other jobs and tools (DuckDB, pandas via ``deltalake``, Ray Data) rely on
+them. A table's name, its constant here and the function that builds it share one name
+(``silver/events`` <- ``SILVER_EVENTS`` <- ``build_silver_events``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from pyspark.sql import DataFrame, SparkSession
+
+BRONZE_EVENTS = "bronze/events"
+QUARANTINE_EVENTS = "quarantine/events"
+AUDIT_BATCHES = "audit/batches"
+SILVER_EVENTS = "silver/events"
+SILVER_USER_INDEX = "silver/user_index"
+SILVER_ITEM_INDEX = "silver/item_index"
+GOLD_INTERACTIONS = "gold/interactions"
+GOLD_USER_FEATURES = "gold/user_features"
+GOLD_ITEM_FEATURES = "gold/item_features"
+GOLD_SEQUENCES = "gold/sequences"
+GOLD_SPLITS = "gold/splits"
+
+ALL_TABLES: tuple[str, ...] = (
+    BRONZE_EVENTS,
+    QUARANTINE_EVENTS,
+    AUDIT_BATCHES,
+    SILVER_EVENTS,
+    SILVER_USER_INDEX,
+    SILVER_ITEM_INDEX,
+    GOLD_INTERACTIONS,
+    GOLD_USER_FEATURES,
+    GOLD_ITEM_FEATURES,
+    GOLD_SEQUENCES,
+    GOLD_SPLITS,
+)
+
+
+def _is_uri(p: str) -> bool:
+    return "://" in p
+
+
+class Lake:
+    """A lake rooted at a local path or a URI (``s3a://bucket/lake``, ``abfss://...``)."""
+
+    def __init__(self, root: str):
+        self.root = root if _is_uri(root) else os.path.abspath(root)
+
+    def path(self, table: str) -> str:
+        if table not in ALL_TABLES and not table.startswith(("models/", "metrics/", "influence/", "gold/")):
+            raise KeyError(f"unknown lake table '{table}'")
+        return f"{self.root.rstrip('/')}/{table}"
+
+    def exists(self, spark: SparkSession, table: str) -> bool:
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(spark, self.path(table))
+
+    def read(self, spark: SparkSession, table: str) -> DataFrame:
+        if not self.exists(spark, table):
+            raise FileNotFoundError(
+                f"lake table '{table}' does not exist at {self.path(table)}; run the stage that "
+                f"writes it first (see `reclake --help`)"
+            )
+        return spark.read.format("delta").load(self.path(table))
+
+    def read_or_empty(self, spark: SparkSession, table: str, schema) -> DataFrame:
+        if self.exists(spark, table):
+            return spark.read.format("delta").load(self.path(table))
+        return spark.createDataFrame([], schema)
+
+    def write(
+        self,
+        df: DataFrame,
+        table: str,
+        *,
+        mode: str = "overwrite",
+        partition_by: Iterable[str] = (),
+        replace_where: str | None = None,
+        overwrite_schema: bool = False,
+    ) -> None:
+        """Write a Delta table. ``replace_where`` atomically replaces only the matching rows
+        (how re-runs of one batch / protocol / run replace their rows instead of duplicating)."""
+        w = df.write.format("delta").mode(mode)
+        parts = list(partition_by)
+        if parts:
+            w = w.partitionBy(*parts)
+        if replace_where is not None:
+            w = w.option("replaceWhere", replace_where)
+        if overwrite_schema:
+            w = w.option("overwriteSchema", "true")
+        w.save(self.path(table))
+
+    def replace_rows(
+        self, df: DataFrame, table: str, where: str, *, partition_by: Iterable[str] = ()
+    ) -> None:
+        """Atomically replace the rows matching ``where`` with ``df`` (creating the table on first
+        write). How a re-run of one batch / protocol / run replaces its rows, never duplicates."""
+        if self.exists(df.sparkSession, table):
+            self.write(df, table, mode="overwrite", replace_where=where)
+        else:
+            self.write(df, table, mode="append", partition_by=partition_by)
+
+    def merge_insert_new(self, df: DataFrame, table: str, keys: Iterable[str]) -> None:
+        """Insert rows whose key is not yet in the table (insert-only MERGE; idempotent)."""
+        from delta.tables import DeltaTable
+
+        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        target = DeltaTable.forPath(df.sparkSession, self.path(table))
+        target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+
+    def history_version(self, spark: SparkSession, table: str) -> int:
+        from delta.tables import DeltaTable
+
+        return (
+            DeltaTable.forPath(spark, self.path(table)).history(1).select("version").first()[0]
+        )
+
+
+def quote(value: str) -> str:
+    """SQL string literal for replaceWhere predicates."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,172 @@
+"""Canonical event schema, column names, behaviour vocabulary and quarantine reason codes.
+
+Every job and test names columns through these constants, never through string literals, so a
+rename happens in one place.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# --- canonical event columns (silver/events) -------------------------------------------------
+EVENT_ID = "event_id"
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+BEHAVIOR = "behavior"
+VALUE = "value"
+TS = "ts"
+SESSION_ID = "session_id"
+CATEGORY_ID = "category_id"
+SOURCE = "source"
+RAW = "raw"
+EVENT_DATE = "event_date"
+
+# --- lineage columns ---------------------------------------------------------------------------
+BATCH_ID = "batch_id"
+SOURCE_FILE = "source_file"
+INGEST_TS = "ingest_ts"
+REASONS = "reasons"
+STAGE = "stage"
+
+# --- indices -------------------------------------------------------------------------------------
+USER_IDX = "user_idx"
+ITEM_IDX = "item_idx"
+
+# --- gold ------------------------------------------------------------------------------------------
+CONFIDENCE = "confidence"
+FIRST_TS = "first_ts"
+LAST_TS = "last_ts"
+RATING = "rating"
+PROTOCOL = "protocol"
+SPLIT = "split"
+
+# --- behaviour vocabulary -----------------------------------------------------------------------
+VIEW, CLICK, CART, FAV, PURCHASE, RATING_B = "view", "click", "cart", "fav", "purchase", "rating"
+CANONICAL_BEHAVIORS: tuple[str, ...] = (VIEW, CLICK, CART, FAV, PURCHASE, RATING_B)
+
+
+def count_col(behavior: str) -> str:
+    """gold/interactions column holding the raw event count of one behaviour."""
+    return f"cnt_{behavior}"
+
+
+def conf_col(behavior: str) -> str:
+    """gold/interactions column holding one behaviour's part of `confidence`."""
+    return f"conf_{behavior}"
+
+
+# --- quarantine reason codes ----------------------------------------------------------------------
+MISSING_USER = "missing_user"
+MISSING_ITEM = "missing_item"
+BAD_TS = "unparseable_ts"
+TS_OUT_OF_RANGE = "ts_out_of_range"
+UNKNOWN_BEHAVIOR = "unknown_behavior"
+BAD_VALUE = "non_numeric_value"
+VALUE_OUT_OF_RANGE = "value_out_of_range"
+MALFORMED = "malformed_row"
+BAD_ENCODING = "bad_encoding"
+REASON_CODES: tuple[str, ...] = (
+    MISSING_USER,
+    MISSING_ITEM,
+    BAD_TS,
+    TS_OUT_OF_RANGE,
+    UNKNOWN_BEHAVIOR,
+    BAD_VALUE,
+    VALUE_OUT_OF_RANGE,
+    MALFORMED,
+    BAD_ENCODING,
+)
+
+# --- raw fields every source reader produces (all strings, before typing) ------------------------
+RAW_FIELDS: tuple[str, ...] = (
+    EVENT_ID,
+    USER_ID,
+    ITEM_ID,
+    BEHAVIOR,
+    VALUE,
+    TS,
+    SESSION_ID,
+    CATEGORY_ID,
+)
+N_FIELDS = "n_fields"  # fields found on the raw line; -1 when the reader could not parse it
+
+BRONZE_SCHEMA = T.StructType(
+    [T.StructField(c, T.StringType()) for c in RAW_FIELDS]
+    + [
+        T.StructField(N_FIELDS, T.IntegerType()),
+        T.StructField(RAW, T.StringType()),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(SOURCE_FILE, T.StringType()),
+        T.StructField(BATCH_ID, T.StringType()),
+        T.StructField(INGEST_TS, T.TimestampType()),
+    ]
+)
+
+SILVER_SCHEMA = T.StructType(
+    [
+        T.StructField(EVENT_ID, T.StringType(), False),
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(BEHAVIOR, T.StringType(), False),
+        T.StructField(VALUE, T.DoubleType()),
+        T.StructField(TS, T.TimestampType(), False),
+        T.StructField(SESSION_ID, T.StringType()),
+        T.StructField(CATEGORY_ID, T.StringType()),
+        T.StructField(SOURCE, T.StringType(), False),
+        T.StructField(RAW, T.StringType()),
+        T.StructField(BATCH_ID, T.StringType(), False),
+        T.StructField(EVENT_DATE, T.DateType(), False),
+    ]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField(BATCH_ID, T.StringType(), False),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField(SOURCE_FILE, T.StringType()),
+        T.StructField(RAW, T.StringType()),
+        T.StructField(REASONS, T.ArrayType(T.StringType(), False), False),
+        T.StructField(INGEST_TS, T.TimestampType()),
+    ]
+)
+
+AUDIT_SCHEMA = T.StructType(
+    [
+        T.StructField(BATCH_ID, T.StringType(), False),
+        T.StructField(STAGE, T.StringType(), False),
+        T.StructField(SOURCE, T.StringType()),
+        T.StructField("rows_in", T.LongType()),
+        T.StructField("rows_out", T.LongType()),
+        T.StructField("rows_clean_new", T.LongType()),
+        T.StructField("rows_duplicate", T.LongType()),
+        T.StructField("rows_quarantined", T.LongType()),
+        T.StructField("details", T.MapType(T.StringType(), T.LongType())),
+        T.StructField("seconds", T.DoubleType()),
+        T.StructField("created_at", T.TimestampType()),
+    ]
+)
+
+INDEX_SCHEMA = {
+    USER_IDX: T.StructType(
+        [
+            T.StructField(USER_ID, T.StringType(), False),
+            T.StructField(USER_IDX, T.IntegerType(), False),
+        ]
+    ),
+    ITEM_IDX: T.StructType(
+        [
+            T.StructField(ITEM_ID, T.StringType(), False),
+            T.StructField(ITEM_IDX, T.IntegerType(), False),
+        ]
+    ),
+}
+
+SPLIT_COLUMNS: tuple[str, ...] = (PROTOCOL, SPLIT, USER_IDX, ITEM_IDX, CONFIDENCE, TS)
+
+
+def require_columns(df, *cols: str, where: str = "") -> None:
+    """Raise a clear error before any work starts when a DataFrame lacks expected columns."""
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        ctx = f" in {where}" if where else ""
+        raise ValueError(f"missing column(s) {missing}{ctx}; have {df.columns}")

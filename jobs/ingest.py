@@ -1,0 +1,371 @@
+"""Ingest raw behaviour logs into bronze, quarantine, silver, the id indices and the batch audit.
+
+    spark-submit jobs/ingest.py --lake ./lake --source-format taobao --path data/UserBehavior.csv
+
+One call is one *batch*: raw rows are appended to ``bronze/events`` as read; each is typed and
+validated once (``standardize_events``); rows with any problem go to ``quarantine/events`` with
+their reason codes; the rest are deduplicated by ``event_id`` and MERGEd insert-only into
+``silver/events``; new user / item ids get stable int32 indices. ``audit/batches`` records, per
+batch and stage, ``rows_in = rows_clean_new + rows_duplicate + rows_quarantined`` exactly.
+
+The batch id defaults to a hash of the format and the files' names, sizes and modification times,
+so running the same command twice finds the batch already done and changes nothing; ``--force``
+reprocesses it (its rows are replaced, never duplicated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from datetime import datetime, timedelta, timezone
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import Window
+
+from common import lake as L
+from common import schema as S
+from common.config import Config
+from common.lake import Lake, quote
+from common.log import get_logger, timed
+from jobs.sources import get_reader
+from jobs.sources.base import SourceSpec
+
+log = get_logger("ingest")
+
+# Beyond these, timestamp_seconds / timestamp_millis overflow (Spark's max is year 294247)
+_MAX_EPOCH_S = 9.0e12
+_MAX_EPOCH_MS = 9.0e15
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source-format", dest="ingest.source_format", default=None,
+                   help="movielens-100k | movielens-dat | movielens-csv | taobao | retailrocket | "
+                        "rees46 | lastfm-hetrec | generic")
+    p.add_argument("--path", dest="ingest.path", default=None, help="file, directory or glob")
+    p.add_argument("--batch-id", dest="ingest.batch_id", default=None,
+                   help="default: hash of format + file names, sizes, mtimes")
+    p.add_argument("--force", dest="ingest.force", action="store_const", const=True,
+                   default=None, help="reprocess a batch already recorded in audit/batches")
+    p.add_argument("--encoding", dest="ingest.encoding", default=None)
+    p.add_argument("--timezone", dest="ingest.timezone", default=None,
+                   help="zone of naive datetime strings (default UTC)")
+
+
+# --- pure transforms ------------------------------------------------------------------------------
+
+
+def _parse_ts(raw: Column, ts_format: str, tz: str) -> tuple[Column, Column]:
+    """(timestamp or null, numeric-but-overflowing flag) for a raw ts string."""
+    trimmed = F.trim(raw)
+    num = trimmed.try_cast("double")
+    is_num = trimmed.rlike(r"^-?[0-9]+(\.[0-9]+)?$")
+
+    def from_seconds(x: Column) -> Column:
+        return F.when(F.abs(x) < _MAX_EPOCH_S, F.timestamp_micros((x * 1_000_000).cast("long")))
+
+    def from_millis(x: Column) -> Column:
+        return F.when(F.abs(x) < _MAX_EPOCH_MS, F.timestamp_micros((x * 1_000).cast("long")))
+
+    def from_string(s: Column, pattern: str | None = None) -> Column:
+        parsed = F.try_to_timestamp(s, F.lit(pattern)) if pattern else s.try_cast("timestamp")
+        if tz.upper() in ("UTC", "Z", "GMT", "ETC/UTC"):
+            return parsed
+        has_zone = s.rlike(r"(Z|[+-][0-9]{2}:?[0-9]{2}|[A-Za-z]{3,}[A-Za-z/_+-]*)$")
+        return F.when(has_zone, parsed).otherwise(F.to_utc_timestamp(parsed, tz))
+
+    if ts_format == "epoch_s":
+        ts = from_seconds(num)
+        overflow = num.isNotNull() & (F.abs(num) >= _MAX_EPOCH_S)
+    elif ts_format == "epoch_ms":
+        ts = from_millis(num)
+        overflow = num.isNotNull() & (F.abs(num) >= _MAX_EPOCH_MS)
+    elif ts_format == "auto":
+        # >= 1e11 cannot be seconds of any plausible date (year 5138): read it as milliseconds
+        ts = F.when(
+            is_num, F.when(F.abs(num) >= 1e11, from_millis(num)).otherwise(from_seconds(num))
+        ).otherwise(from_string(trimmed))
+        overflow = is_num & (F.abs(num) >= _MAX_EPOCH_MS)
+    elif ts_format in ("iso", "none"):
+        ts = from_string(trimmed)
+        overflow = F.lit(False)
+    else:  # a Spark datetime pattern
+        ts = from_string(trimmed, ts_format)
+        overflow = F.lit(False)
+    return ts, overflow
+
+
+def _behavior_map(spec: SourceSpec, cfg: Config) -> dict[str, str]:
+    out = {b: b for b in cfg.vocabulary}
+    out.update({k.lower(): v for k, v in spec.behavior_map.items()})
+    out.update({k.lower(): v for k, v in cfg.ingest.behavior_map.items()})
+    return out
+
+
+def _ts_bound(value: str | None, default: datetime) -> datetime:
+    if value is None:
+        return default
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> DataFrame:
+    """Type and validate raw fields.
+
+    In: the raw-field columns of ``schema.RAW_FIELDS`` (strings), ``n_fields``, ``raw`` and the
+    bronze lineage columns. Out: canonical columns (``event_id``, ``user_id``, ``item_id``,
+    ``behavior`` canonical, ``value`` double, ``ts`` UTC timestamp, ``session_id``,
+    ``category_id``, ``event_date``) plus ``reasons``: array of reason codes, empty when clean.
+    """
+    S.require_columns(raw, *S.RAW_FIELDS, S.N_FIELDS, S.RAW, where="standardize_events")
+    ic = cfg.ingest
+    bmap = _behavior_map(spec, cfg)
+    lookup = F.create_map(*[F.lit(x) for kv in bmap.items() for x in kv])
+    behavior = lookup[F.lower(F.col(S.BEHAVIOR))]
+
+    ts, ts_overflow = _parse_ts(F.col(S.TS), spec.ts_format, ic.timezone)
+    ts_min = _ts_bound(ic.ts_min, datetime(1990, 1, 1, tzinfo=timezone.utc))
+    ts_max = _ts_bound(ic.ts_max, datetime.now(timezone.utc) + timedelta(days=1))
+
+    value = F.col(S.VALUE).try_cast("double")
+    finite = value.isNotNull() & ~F.isnan(value) & (F.abs(value) != float("inf"))
+    is_rating = behavior == F.lit(S.RATING_B)
+    in_range = F.when(is_rating, value.between(ic.rating_min, ic.rating_max)).otherwise(
+        value.between(ic.value_min, ic.value_max)
+    )
+
+    checks: list[tuple[Column, str]] = [
+        (F.col(S.USER_ID).isNull(), S.MISSING_USER),
+        (F.col(S.ITEM_ID).isNull(), S.MISSING_ITEM),
+        (F.col("_ts").isNull() & ~F.col("_ts_overflow"), S.BAD_TS),
+        (F.col("_ts_overflow") | ~F.col("_ts").between(F.lit(ts_min), F.lit(ts_max)),
+         S.TS_OUT_OF_RANGE),
+        (F.col(S.BEHAVIOR).isNull() | F.col("_behavior").isNull(), S.UNKNOWN_BEHAVIOR),
+        ((F.col(S.VALUE).isNotNull() & ~F.col("_finite"))
+         | (F.col(S.VALUE).isNull() & (F.col("_behavior") == S.RATING_B)), S.BAD_VALUE),
+        (F.col("_finite") & ~F.col("_in_range"), S.VALUE_OUT_OF_RANGE),
+        (F.col(S.RAW).contains(_REPLACEMENT_CHAR), S.BAD_ENCODING),
+    ]
+    if spec.expected_fields >= 0:
+        checks.append((F.col(S.N_FIELDS) != spec.expected_fields, S.MALFORMED))
+
+    df = raw.select(
+        "*",
+        behavior.alias("_behavior"),
+        ts.alias("_ts"),
+        ts_overflow.alias("_ts_overflow"),
+        value.alias("_value"),
+        finite.alias("_finite"),
+        in_range.alias("_in_range"),
+    )
+    reasons = F.filter(
+        F.array(*[F.when(F.coalesce(cond, F.lit(False)), F.lit(code)) for cond, code in checks]),
+        lambda r: r.isNotNull(),
+    )
+    hashed = F.md5(
+        F.concat_ws(
+            "\u001f",
+            F.lit(spec.name),
+            F.col(S.USER_ID),
+            F.col(S.ITEM_ID),
+            F.col("_behavior"),
+            F.unix_micros(F.col("_ts")).cast("string"),
+            F.coalesce(F.col("_value").cast("string"), F.lit("")),
+            F.coalesce(F.col(S.SESSION_ID), F.lit("")),
+        )
+    )
+    keep = [c for c in raw.columns if c not in S.RAW_FIELDS and c != S.N_FIELDS]
+    return df.select(
+        F.coalesce(F.col(S.EVENT_ID), hashed).alias(S.EVENT_ID),
+        S.USER_ID,
+        S.ITEM_ID,
+        F.col("_behavior").alias(S.BEHAVIOR),
+        F.col("_value").alias(S.VALUE),
+        F.col("_ts").alias(S.TS),
+        S.SESSION_ID,
+        S.CATEGORY_ID,
+        F.to_date(F.col("_ts")).alias(S.EVENT_DATE),
+        reasons.alias(S.REASONS),
+        *keep,
+    )
+
+
+def build_quarantine_events(std: DataFrame) -> DataFrame:
+    """Rejected rows: ``batch_id, source, source_file, raw, reasons, ingest_ts``."""
+    return std.where(F.size(S.REASONS) > 0).select(
+        *[f.name for f in S.QUARANTINE_SCHEMA.fields]
+    )
+
+
+def build_silver_events(std: DataFrame) -> DataFrame:
+    """Clean rows, one per ``event_id`` (columns of ``schema.SILVER_SCHEMA``)."""
+    clean = std.where(F.size(S.REASONS) == 0)
+    return clean.dropDuplicates([S.EVENT_ID]).select(*[f.name for f in S.SILVER_SCHEMA.fields])
+
+
+def assign_new_indices(ids: DataFrame, existing: DataFrame, *, id_col: str, idx_col: str,
+                       start: int) -> DataFrame:
+    """Indices ``start, start+1, ...`` for ids in ``ids`` not yet in ``existing`` (ordered by id,
+    so the assignment is deterministic). Existing ids are never renumbered."""
+    new = ids.select(id_col).distinct().join(existing.select(id_col), id_col, "left_anti")
+    # the ordering window has no partition: one task, but only over the *new* ids of a batch
+    w = Window.orderBy(id_col)
+    return new.select(id_col, (F.row_number().over(w) + F.lit(start - 1)).cast("int").alias(idx_col))
+
+
+# --- I/O -------------------------------------------------------------------------------------------
+
+
+def list_input_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every data file under ``path`` (file, directory or glob), via the
+    Hadoop FileSystem so that s3a:// and abfss:// work like local paths."""
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
+    statuses = fs.globStatus(hpath) or []
+    out = []
+    for st in statuses:
+        if st.isDirectory():
+            it = fs.listFiles(st.getPath(), True)
+            while it.hasNext():
+                f = it.next()
+                name = f.getPath().getName()
+                if not name.startswith(("_", ".")):
+                    out.append((f.getPath().toString(), f.getLen(), f.getModificationTime()))
+        else:
+            out.append((st.getPath().toString(), st.getLen(), st.getModificationTime()))
+    return sorted(out)
+
+
+def batch_fingerprint(source_format: str, files: list[tuple[str, int, int]]) -> str:
+    h = hashlib.sha256(source_format.encode())
+    for p, size, mtime in files:
+        h.update(f"|{p}|{size}|{mtime}".encode())
+    return h.hexdigest()[:16]
+
+
+def _last_metrics(spark: SparkSession, lake: Lake, table: str) -> dict[str, int]:
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(spark, lake.path(table)).history(1).select("operationMetrics").first()
+    return {k: int(v) for k, v in (row[0] or {}).items() if v is not None and v.isdigit()}
+
+
+def batch_done(spark: SparkSession, lake: Lake, batch_id: str) -> bool:
+    if not lake.exists(spark, L.AUDIT_BATCHES):
+        return False
+    audit = lake.read(spark, L.AUDIT_BATCHES)
+    return audit.where((F.col(S.BATCH_ID) == batch_id) & (F.col(S.STAGE) == "silver")).limit(1).count() > 0
+
+
+def write_audit(spark: SparkSession, lake: Lake, row: dict) -> None:
+    full = {f.name: row.get(f.name) for f in S.AUDIT_SCHEMA.fields}
+    full["created_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
+    df = spark.createDataFrame([full], S.AUDIT_SCHEMA)
+    where = f"{S.BATCH_ID} = {quote(row[S.BATCH_ID])} AND {S.STAGE} = {quote(row[S.STAGE])}"
+    lake.replace_rows(df, L.AUDIT_BATCHES, where)
+
+
+def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: str, id_col: str,
+                 idx_col: str) -> int:
+    """Append indices for ids first seen in ``clean``; returns how many were added."""
+    schema = S.INDEX_SCHEMA[idx_col]
+    existing = lake.read_or_empty(spark, table, schema)
+    start = (existing.agg(F.max(idx_col)).first()[0] or -1) + 1
+    new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col, start=start)
+    lake.write(new.coalesce(1), table, mode="append")
+    return _last_metrics(spark, lake, table).get("numOutputRows", 0)
+
+
+def main(spark: SparkSession, cfg: Config) -> dict | None:
+    ic = cfg.ingest
+    if not ic.path:
+        raise SystemExit("ingest: --path is required")
+    lake = Lake(cfg.lake)
+    reader = get_reader(ic.source_format)
+    files = list_input_files(spark, ic.path)
+    if not files:
+        raise SystemExit(f"ingest: no input files at {ic.path}")
+    batch_id = ic.batch_id or batch_fingerprint(ic.source_format, files)
+    log.info("batch %s: %d file(s), %s bytes, format %s", batch_id, len(files),
+             f"{sum(f[1] for f in files):,}", ic.source_format)
+    if not ic.force and batch_done(spark, lake, batch_id):
+        log.info("batch %s is already ingested (audit/batches); nothing to do. Use --force to "
+                 "reprocess it.", batch_id)
+        return None
+    t_start = time.perf_counter()
+    ingest_ts = datetime.now(timezone.utc).replace(tzinfo=None)
+    batch_pred = f"{S.BATCH_ID} = {quote(batch_id)}"
+
+    raw, spec = reader(spark, ic.path, cfg)
+    bronze = raw.select(
+        *S.RAW_FIELDS, S.N_FIELDS, S.RAW,
+        F.lit(spec.name).alias(S.SOURCE), S.SOURCE_FILE,
+        F.lit(batch_id).alias(S.BATCH_ID), F.lit(ingest_ts).cast(T.TimestampType()).alias(S.INGEST_TS),
+    )
+    with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
+        lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
+        rows_in = _last_metrics(spark, lake, L.BRONZE_EVENTS).get("numOutputRows", 0)
+        info["rows"] = rows_in
+    write_audit(spark, lake, {S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name,
+                              "rows_in": rows_in, "rows_out": rows_in,
+                              "seconds": info["seconds"]})
+
+    std = standardize_events(lake.read(spark, L.BRONZE_EVENTS).where(batch_pred), spec=spec, cfg=cfg)
+
+    with timed(log, "quarantine/events") as info:
+        q = build_quarantine_events(std)
+        lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
+        quarantined = _last_metrics(spark, lake, L.QUARANTINE_EVENTS).get("numOutputRows", 0)
+        info["rows"] = quarantined
+    reason_counts = {
+        r[0]: r[1]
+        for r in lake.read(spark, L.QUARANTINE_EVENTS).where(batch_pred)
+        .select(F.explode(S.REASONS).alias("r")).groupBy("r").count().collect()
+    }
+
+    with timed(log, "silver/events") as info:
+        silver = build_silver_events(std)
+        if lake.exists(spark, L.SILVER_EVENTS):
+            if ic.force:
+                from delta.tables import DeltaTable
+
+                DeltaTable.forPath(spark, lake.path(L.SILVER_EVENTS)).delete(batch_pred)
+            lake.merge_insert_new(silver, L.SILVER_EVENTS, [S.EVENT_ID])
+            new = _last_metrics(spark, lake, L.SILVER_EVENTS).get("numTargetRowsInserted", 0)
+        else:
+            lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
+            new = _last_metrics(spark, lake, L.SILVER_EVENTS).get("numOutputRows", 0)
+        info["new"] = new
+
+    with timed(log, "silver/user_index, silver/item_index") as info:
+        batch_clean = lake.read(spark, L.SILVER_EVENTS).where(batch_pred)
+        info["new_users"] = update_index(spark, lake, batch_clean, table=L.SILVER_USER_INDEX,
+                                         id_col=S.USER_ID, idx_col=S.USER_IDX)
+        info["new_items"] = update_index(spark, lake, batch_clean, table=L.SILVER_ITEM_INDEX,
+                                         id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
+
+    duplicate = rows_in - quarantined - new
+    audit = {
+        S.BATCH_ID: batch_id, S.STAGE: "silver", S.SOURCE: spec.name,
+        "rows_in": rows_in, "rows_out": new, "rows_clean_new": new,
+        "rows_duplicate": duplicate, "rows_quarantined": quarantined,
+        "details": {**reason_counts, "new_users": info["new_users"],
+                    "new_items": info["new_items"]},
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_audit(spark, lake, audit)
+    log.info("batch %s: rows_in=%s = clean_new %s + duplicate %s + quarantined %s; reasons %s",
+             batch_id, f"{rows_in:,}", f"{new:,}", f"{duplicate:,}", f"{quarantined:,}",
+             reason_counts or "none")
+    return audit
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cli import run_stage
+
+    sys.exit(run_stage("ingest"))
