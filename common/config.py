@@ -227,10 +227,16 @@ def _build(cls, data: Mapping[str, Any], prefix: str = ""):
         full = [f"{prefix}.{k}" if prefix else k for k in unknown]
         raise ConfigError(f"unknown config key(s): {', '.join(full)} (known: {sorted(names)})")
     kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    # a partial mapping for a nested section fills the rest from that section's defaults
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            # a partial (or absent) section fills the rest from that section's defaults
+            kwargs[f.name] = _build(hints[f.name], {}, key)
+        elif f.default_factory is not dataclasses.MISSING:
+            # defaults go through the same coercion, so default mappings are read-only too
+            kwargs[f.name] = _coerce(f.default_factory(), hints[f.name], key)
     return cls(**kwargs)
 
 

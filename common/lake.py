@@ -112,6 +112,26 @@ class Lake:
         target = DeltaTable.forPath(df.sparkSession, self.path(table))
         target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
 
+    def last_metrics(self, spark: SparkSession, table: str) -> dict[str, int]:
+        """Delta's operation metrics of the table's latest commit (``numOutputRows``,
+        ``numTargetRowsInserted``, ...): row counts of a write without another Spark action."""
+        from delta.tables import DeltaTable
+
+        row = DeltaTable.forPath(spark, self.path(table)).history(1).select("operationMetrics").first()
+        return {k: int(v) for k, v in (row[0] or {}).items() if v is not None and v.isdigit()}
+
+    def record_audit(self, spark: SparkSession, row: dict) -> None:
+        """Write one ``audit/batches`` row, replacing an earlier row of the same batch and stage."""
+        from datetime import datetime, timezone
+
+        from common import schema as S
+
+        full = {f.name: row.get(f.name) for f in S.AUDIT_SCHEMA.fields}
+        full["created_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
+        df = spark.createDataFrame([full], S.AUDIT_SCHEMA)
+        where = f"{S.BATCH_ID} = {quote(row[S.BATCH_ID])} AND {S.STAGE} = {quote(row[S.STAGE])}"
+        self.replace_rows(df, AUDIT_BATCHES, where)
+
     def history_version(self, spark: SparkSession, table: str) -> int:
         from delta.tables import DeltaTable
 

@@ -246,26 +246,11 @@ def batch_fingerprint(source_format: str, files: list[tuple[str, int, int]]) -> 
     return h.hexdigest()[:16]
 
 
-def _last_metrics(spark: SparkSession, lake: Lake, table: str) -> dict[str, int]:
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(spark, lake.path(table)).history(1).select("operationMetrics").first()
-    return {k: int(v) for k, v in (row[0] or {}).items() if v is not None and v.isdigit()}
-
-
 def batch_done(spark: SparkSession, lake: Lake, batch_id: str) -> bool:
     if not lake.exists(spark, L.AUDIT_BATCHES):
         return False
     audit = lake.read(spark, L.AUDIT_BATCHES)
     return audit.where((F.col(S.BATCH_ID) == batch_id) & (F.col(S.STAGE) == "silver")).limit(1).count() > 0
-
-
-def write_audit(spark: SparkSession, lake: Lake, row: dict) -> None:
-    full = {f.name: row.get(f.name) for f in S.AUDIT_SCHEMA.fields}
-    full["created_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
-    df = spark.createDataFrame([full], S.AUDIT_SCHEMA)
-    where = f"{S.BATCH_ID} = {quote(row[S.BATCH_ID])} AND {S.STAGE} = {quote(row[S.STAGE])}"
-    lake.replace_rows(df, L.AUDIT_BATCHES, where)
 
 
 def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: str, id_col: str,
@@ -276,7 +261,7 @@ def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: st
     start = (existing.agg(F.max(idx_col)).first()[0] or -1) + 1
     new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col, start=start)
     lake.write(new.coalesce(1), table, mode="append")
-    return _last_metrics(spark, lake, table).get("numOutputRows", 0)
+    return lake.last_metrics(spark, table).get("numOutputRows", 0)
 
 
 def main(spark: SparkSession, cfg: Config) -> dict | None:
@@ -307,9 +292,9 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
     )
     with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
         lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        rows_in = _last_metrics(spark, lake, L.BRONZE_EVENTS).get("numOutputRows", 0)
+        rows_in = lake.last_metrics(spark, L.BRONZE_EVENTS).get("numOutputRows", 0)
         info["rows"] = rows_in
-    write_audit(spark, lake, {S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name,
+    lake.record_audit(spark, {S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name,
                               "rows_in": rows_in, "rows_out": rows_in,
                               "seconds": info["seconds"]})
 
@@ -318,7 +303,7 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
     with timed(log, "quarantine/events") as info:
         q = build_quarantine_events(std)
         lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        quarantined = _last_metrics(spark, lake, L.QUARANTINE_EVENTS).get("numOutputRows", 0)
+        quarantined = lake.last_metrics(spark, L.QUARANTINE_EVENTS).get("numOutputRows", 0)
         info["rows"] = quarantined
     reason_counts = {
         r[0]: r[1]
@@ -334,10 +319,10 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
 
                 DeltaTable.forPath(spark, lake.path(L.SILVER_EVENTS)).delete(batch_pred)
             lake.merge_insert_new(silver, L.SILVER_EVENTS, [S.EVENT_ID])
-            new = _last_metrics(spark, lake, L.SILVER_EVENTS).get("numTargetRowsInserted", 0)
+            new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numTargetRowsInserted", 0)
         else:
             lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
-            new = _last_metrics(spark, lake, L.SILVER_EVENTS).get("numOutputRows", 0)
+            new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numOutputRows", 0)
         info["new"] = new
 
     with timed(log, "silver/user_index, silver/item_index") as info:
@@ -356,7 +341,7 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
                     "new_items": info["new_items"]},
         "seconds": time.perf_counter() - t_start,
     }
-    write_audit(spark, lake, audit)
+    lake.record_audit(spark, audit)
     log.info("batch %s: rows_in=%s = clean_new %s + duplicate %s + quarantined %s; reasons %s",
              batch_id, f"{rows_in:,}", f"{new:,}", f"{duplicate:,}", f"{quarantined:,}",
              reason_counts or "none")

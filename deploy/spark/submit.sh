@@ -15,6 +15,8 @@
 # Environment:
 #   SPARK_MASTER       master URL (default local[2])
 #   DELTA_VERSION      io.delta:delta-spark_4.2_2.13 version (default 4.4.0; must suit the Spark)
+#   EXTRA_PACKAGES     more Maven coordinates for --packages, comma-separated
+#                      (e.g. org.apache.hadoop:hadoop-aws:3.5.0 for s3a:// lakes)
 #   SPARK_SUBMIT_ARGS  extra spark-submit options, split on whitespace
 #                      (e.g. "--driver-memory 8g --conf spark.executor.memory=8g")
 #   SPARK_SUBMIT       spark-submit to use (default: $SPARK_HOME/bin/spark-submit, then
@@ -51,7 +53,8 @@ Runs spark-submit on jobs/STAGE.py; flags are passed to the stage unchanged
 (global: --lake PATH --config FILE --set key=value; then the stage's own flags).
 
 stages: ${known:-<none found under $ROOT/jobs>}
-env:    SPARK_MASTER (local[2]), DELTA_VERSION (4.4.0), SPARK_SUBMIT_ARGS, SPARK_SUBMIT, DRY_RUN=1
+env:    SPARK_MASTER (local[2]), DELTA_VERSION (4.4.0), EXTRA_PACKAGES, SPARK_SUBMIT_ARGS,
+        SPARK_SUBMIT, DRY_RUN=1 (print the command, run nothing)
 USAGE
 }
 
@@ -116,7 +119,7 @@ fi
 CMD=(
     "$SPARK_SUBMIT"
     --master "${SPARK_MASTER:-local[2]}"
-    --packages "$DELTA_PACKAGE"
+    --packages "$DELTA_PACKAGE${EXTRA_PACKAGES:+,$EXTRA_PACKAGES}"
     --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
     --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog
     --py-files "$DEPS_ZIP"

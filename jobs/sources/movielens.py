@@ -19,6 +19,7 @@ from jobs.sources.base import (
     split_quoted,
 )
 
+
 def _mapping() -> dict:
     return {S.USER_ID: 0, S.ITEM_ID: 1, S.VALUE: 2, S.TS: 3, S.BEHAVIOR: F.lit(S.RATING_B)}
 

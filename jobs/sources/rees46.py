@@ -13,7 +13,13 @@ from pyspark.sql import functions as F
 
 from common import schema as S
 from common.config import Config
-from jobs.sources.base import SourceSpec, count_fields_quoted, fields_to_raw, read_lines, split_quoted
+from jobs.sources.base import (
+    SourceSpec,
+    count_fields_quoted,
+    fields_to_raw,
+    read_lines,
+    split_quoted,
+)
 
 BEHAVIORS = {"view": S.VIEW, "cart": S.CART, "purchase": S.PURCHASE}
 

@@ -1,0 +1,200 @@
+"""Split interactions into train / valid / test for one protocol, written to ``gold/splits``.
+
+    spark-submit jobs/split.py --lake ./lake --protocol stratified --seed 42
+
+Protocols (``split.protocol``):
+  - ``stratified``: per user, a seeded random ``split.ratio`` share of the user's interactions to
+    train (n_train = round-half-up(ratio * n), kept within [1, n-1]), the rest to test (a
+    ``split.valid_ratio`` share of all goes to valid first). The MS Recommenders protocol; seed 42
+    by default. The order is a hash of (seed, user, item), so it does not depend on partitioning.
+  - ``temporal``: one global time cutoff (``split.cutoff`` or the quantile leaving
+    ``split.test_fraction`` of events after it). Train is aggregated from events *before* the
+    cutoff only (later events never leak into train confidence); test holds the pairs first seen
+    after it.
+  - ``leave_last_out``: per user, the most recent interaction to test, the one before to valid.
+Users with fewer than ``split.min_user_interactions`` interactions stay in train. Test / valid
+rows whose user or item never appears in train are counted and, with ``split.cold: drop``
+(default), dropped. Re-running a protocol replaces its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from common import lake as L
+from common import schema as S
+from common.config import Config
+from common.lake import Lake, quote
+from common.log import get_logger, timed
+from jobs.transform import build_interactions, read_indexed_events
+
+log = get_logger("split")
+TRAIN, VALID, TEST = "train", "valid", "test"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", dest="split.protocol", default=None,
+                   help="stratified | temporal | leave_last_out")
+    p.add_argument("--seed", dest="split.seed", type=int, default=None)
+    p.add_argument("--ratio", dest="split.ratio", type=float, default=None)
+    p.add_argument("--cutoff", dest="split.cutoff", default=None, help="temporal: UTC timestamp")
+    p.add_argument("--test-fraction", dest="split.test_fraction", type=float, default=None)
+
+
+def _round_half_up(x):
+    return F.floor(x + F.lit(0.5))
+
+
+def split_stratified(interactions: DataFrame, *, cfg: Config) -> DataFrame:
+    """In: ``user_idx, item_idx, confidence, last_ts``. Out: + ``split``."""
+    sc = cfg.split
+    w = Window.partitionBy(S.USER_IDX)
+    order = Window.partitionBy(S.USER_IDX).orderBy(
+        F.xxhash64(F.lit(sc.seed), S.USER_IDX, S.ITEM_IDX), S.ITEM_IDX
+    )
+    df = interactions.withColumn("_n", F.count(F.lit(1)).over(w)).withColumn(
+        "_r", F.row_number().over(order)
+    )
+    eligible = F.col("_n") >= max(2, sc.min_user_interactions)
+    n_train = F.least(F.greatest(_round_half_up(F.col("_n") * sc.ratio), F.lit(1)), F.col("_n") - 1)
+    n_valid = _round_half_up(F.col("_n") * sc.valid_ratio)
+    n_valid = F.least(n_valid, F.col("_n") - n_train - 1) if sc.valid_ratio > 0 else F.lit(0)
+    split = (
+        F.when(~eligible | (F.col("_r") <= n_train), TRAIN)
+        .when(F.col("_r") <= n_train + n_valid, VALID)
+        .otherwise(TEST)
+    )
+    return df.withColumn(S.SPLIT, split).drop("_n", "_r")
+
+
+def split_leave_last_out(interactions: DataFrame, *, cfg: Config) -> DataFrame:
+    """Per user, latest ``last_ts`` to test, the next to valid (ties broken by item_idx)."""
+    min_n = max(3, cfg.split.min_user_interactions)
+    w = Window.partitionBy(S.USER_IDX)
+    order = Window.partitionBy(S.USER_IDX).orderBy(F.desc(S.LAST_TS), F.desc(S.ITEM_IDX))
+    df = interactions.withColumn("_n", F.count(F.lit(1)).over(w)).withColumn(
+        "_r", F.row_number().over(order)
+    )
+    split = (
+        F.when(F.col("_n") < min_n, TRAIN)
+        .when(F.col("_r") == 1, TEST)
+        .when(F.col("_r") == 2, VALID)
+        .otherwise(TRAIN)
+    )
+    return df.withColumn(S.SPLIT, split).drop("_n", "_r")
+
+
+def temporal_cutoffs(events: DataFrame, *, cfg: Config) -> tuple[datetime, datetime]:
+    """(valid cutoff, test cutoff): events at or after the test cutoff are test."""
+    sc = cfg.split
+    secs = events.select(F.col(S.TS).cast("double").alias("s"))
+    if sc.cutoff:
+        test_cut = datetime.fromisoformat(sc.cutoff.replace("Z", "+00:00"))
+        if test_cut.tzinfo is None:
+            test_cut = test_cut.replace(tzinfo=timezone.utc)
+        (valid_q,) = (
+            secs.approxQuantile("s", [max(0.0, 1 - sc.test_fraction - sc.valid_fraction)], 0.0)
+            if sc.valid_fraction > 0 else [test_cut.timestamp()]
+        )
+        valid_cut = datetime.fromtimestamp(min(valid_q, test_cut.timestamp()), timezone.utc)
+    else:
+        qs = secs.approxQuantile(
+            "s", [1 - sc.test_fraction - sc.valid_fraction, 1 - sc.test_fraction], 0.0
+        )
+        valid_cut, test_cut = (datetime.fromtimestamp(q, timezone.utc) for q in qs)
+    return valid_cut.replace(tzinfo=None), test_cut.replace(tzinfo=None)
+
+
+def split_temporal(events: DataFrame, *, cfg: Config, valid_cut, test_cut) -> DataFrame:
+    """Aggregate each time window separately; valid / test keep only pairs not seen before."""
+    ts = F.col(S.TS)
+    train = build_interactions(events.where(ts < F.lit(valid_cut)), cfg=cfg)
+    valid = build_interactions(events.where((ts >= F.lit(valid_cut)) & (ts < F.lit(test_cut))),
+                               cfg=cfg)
+    test = build_interactions(events.where(ts >= F.lit(test_cut)), cfg=cfg)
+    keys = [S.USER_IDX, S.ITEM_IDX]
+    valid = valid.join(train.select(*keys), keys, "left_anti")
+    test = test.join(train.select(*keys), keys, "left_anti").join(valid.select(*keys), keys, "left_anti")
+    return (
+        train.withColumn(S.SPLIT, F.lit(TRAIN))
+        .unionByName(valid.withColumn(S.SPLIT, F.lit(VALID)))
+        .unionByName(test.withColumn(S.SPLIT, F.lit(TEST)))
+    )
+
+
+def mark_cold(split_df: DataFrame) -> DataFrame:
+    """Add ``cold_user`` / ``cold_item``: a valid/test row whose user / item has no train row."""
+    train = split_df.where(F.col(S.SPLIT) == TRAIN)
+    users = train.select(S.USER_IDX).distinct().withColumn("_wu", F.lit(True))
+    items = train.select(S.ITEM_IDX).distinct().withColumn("_wi", F.lit(True))
+    df = split_df.join(users, S.USER_IDX, "left").join(items, S.ITEM_IDX, "left")
+    not_train = F.col(S.SPLIT) != TRAIN
+    return df.withColumn("cold_user", not_train & F.col("_wu").isNull()).withColumn(
+        "cold_item", not_train & F.col("_wi").isNull()
+    ).drop("_wu", "_wi")
+
+
+def build_splits(spark: SparkSession, lake: Lake, *, cfg: Config) -> tuple[DataFrame, dict]:
+    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS``) and counts."""
+    protocol = cfg.split.protocol
+    info: dict = {}
+    if protocol == "temporal":
+        events = read_indexed_events(spark, lake)
+        valid_cut, test_cut = temporal_cutoffs(events, cfg=cfg)
+        log.info("temporal cutoffs: valid from %s, test from %s", valid_cut, test_cut)
+        df = split_temporal(events, cfg=cfg, valid_cut=valid_cut, test_cut=test_cut)
+    else:
+        inter = lake.read(spark, L.GOLD_INTERACTIONS)
+        splitter = split_stratified if protocol == "stratified" else split_leave_last_out
+        df = splitter(inter, cfg=cfg)
+    df = mark_cold(df).cache()
+    counts = df.groupBy(S.SPLIT, "cold_user", "cold_item").count().collect()
+    for r in counts:
+        info[f"rows_{r[S.SPLIT]}"] = info.get(f"rows_{r[S.SPLIT]}", 0) + r["count"]
+        if r["cold_user"]:
+            info[f"cold_user_{r[S.SPLIT]}"] = info.get(f"cold_user_{r[S.SPLIT]}", 0) + r["count"]
+        if r["cold_item"]:
+            info[f"cold_item_{r[S.SPLIT]}"] = info.get(f"cold_item_{r[S.SPLIT]}", 0) + r["count"]
+    if cfg.split.cold == "drop":
+        df = df.where(~F.col("cold_user") & ~F.col("cold_item"))
+    out = df.select(
+        F.lit(protocol).alias(S.PROTOCOL), S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
+        F.col(S.LAST_TS).alias(S.TS),
+    )
+    return out, info
+
+
+def main(spark: SparkSession, cfg: Config) -> dict:
+    lake = Lake(cfg.lake)
+    protocol = cfg.split.protocol
+    t0 = time.perf_counter()
+    with timed(log, f"gold/splits protocol={protocol}") as info:
+        out, counts = build_splits(spark, lake, cfg=cfg)
+        lake.replace_rows(out, L.GOLD_SPLITS, f"{S.PROTOCOL} = {quote(protocol)}",
+                          partition_by=[S.PROTOCOL])
+        info.update(counts)
+    cold = {k: v for k, v in counts.items() if k.startswith("cold_")}
+    if cold:
+        log.info("cold rows (user or item absent from train): %s -> %s", cold,
+                 "dropped" if cfg.split.cold == "drop" else "kept")
+    lake.record_audit(spark, {
+        S.BATCH_ID: f"split-{protocol}", S.STAGE: "split",
+        "rows_in": sum(v for k, v in counts.items() if k.startswith("rows_")),
+        "rows_out": lake.last_metrics(spark, L.GOLD_SPLITS).get("numOutputRows", 0),
+        "details": counts, "seconds": time.perf_counter() - t0,
+    })
+    return counts
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cli import run_stage
+
+    sys.exit(run_stage("split"))

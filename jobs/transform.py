@@ -1,0 +1,272 @@
+"""Feature-engineer silver events into the gold tables.
+
+    spark-submit jobs/transform.py --lake ./lake
+
+Builds, from ``silver/events`` and the id indices:
+  - ``gold/interactions``: per (user_idx, item_idx) event counts per behaviour (``cnt_<b>``), each
+    behaviour's confidence part (``conf_<b>`` = w_b * f(amount_b)), ``confidence`` (their sum),
+    mean ``rating``, ``first_ts``, ``last_ts``;
+  - ``gold/user_features`` and ``gold/item_features``: activity per behaviour, distinct items /
+    users, recency, funnel conversion (view -> cart -> purchase), popularity, category diversity;
+  - ``gold/sequences``: per user the time-ordered item indices with behaviours and timestamps,
+    the most recent ``sequences.max_len`` kept.
+Gold is derived state: every run rebuilds it from silver (overwrite), so re-runs are idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from common import lake as L
+from common import schema as S
+from common.config import Config
+from common.lake import Lake
+from common.log import get_logger, timed
+
+log = get_logger("transform")
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--half-life-days", dest="confidence.half_life_days", type=float, default=None,
+                   help="time decay of behaviour counts (default: none)")
+    p.add_argument("--max-seq-len", dest="sequences.max_len", type=int, default=None)
+
+
+def f_transform(x: Column, f: str) -> Column:
+    """The confidence shaping function f (f(0) = 0 for all of them)."""
+    if f == "linear":
+        return x
+    if f == "log1p":
+        return F.log1p(x)
+    if f == "sqrt":
+        return F.sqrt(x)
+    if f == "binary":
+        return F.when(x > 0, 1.0).otherwise(0.0)
+    raise ValueError(f"unknown confidence f {f!r}")
+
+
+def index_events(events: DataFrame, user_index: DataFrame, item_index: DataFrame) -> DataFrame:
+    """silver events + ``user_idx``, ``item_idx`` (inner join: every silver id has an index)."""
+    S.require_columns(events, S.USER_ID, S.ITEM_ID, S.BEHAVIOR, S.TS, where="silver events")
+    return events.join(user_index, S.USER_ID).join(item_index, S.ITEM_ID)
+
+
+def build_interactions(events: DataFrame, *, cfg: Config, ref_ts=None) -> DataFrame:
+    """Aggregate indexed events per (user_idx, item_idx).
+
+    In: ``user_idx, item_idx, behavior, value, ts``. Out: ``user_idx, item_idx, n_events,
+    cnt_<b>`` (raw counts), ``conf_<b>`` (= weights[b] * f(amount_b)), ``confidence`` (sum of the
+    parts), ``rating`` (mean value of rating events), ``first_ts``, ``last_ts``.
+
+    amount_b is the time-decayed event count (``count``), or the decayed sum / plain mean of the
+    events' values (``sum_value`` / ``mean_value``), per ``confidence.amount``. With
+    ``confidence.half_life_days`` each event is weighted by 0.5 ** (age / half_life), age measured
+    back from ``ref_ts`` (default: the latest event).
+    """
+    S.require_columns(events, S.USER_IDX, S.ITEM_IDX, S.BEHAVIOR, S.VALUE, S.TS,
+                      where="build_interactions")
+    cc = cfg.confidence
+    if cc.half_life_days:
+        if ref_ts is None:
+            ref_ts = events.agg(F.max(S.TS)).first()[0]
+        age_days = (F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.TS).cast("double")) / SECONDS_PER_DAY
+        decay = F.pow(F.lit(0.5), F.greatest(age_days, F.lit(0.0)) / cc.half_life_days)
+    else:
+        decay = F.lit(1.0)
+    ev = events.withColumn("_d", decay)
+    aggs = [F.count(F.lit(1)).alias("n_events"), F.min(S.TS).alias(S.FIRST_TS),
+            F.max(S.TS).alias(S.LAST_TS)]
+    is_b = {b: F.col(S.BEHAVIOR) == b for b in cfg.vocabulary}
+    for b in cfg.vocabulary:
+        aggs.append(F.count(F.when(is_b[b], 1)).alias(S.count_col(b)))
+        how = cc.amount.get(b, "count")
+        if how == "count":
+            amt = F.sum(F.when(is_b[b], F.col("_d")))
+        elif how == "sum_value":
+            amt = F.sum(F.when(is_b[b], F.col(S.VALUE) * F.col("_d")))
+        else:
+            amt = F.avg(F.when(is_b[b], F.col(S.VALUE)))
+        aggs.append(F.coalesce(amt, F.lit(0.0)).alias(f"_amt_{b}"))
+    aggs.append(F.avg(F.when(is_b[S.RATING_B], F.col(S.VALUE))).alias(S.RATING))
+    g = ev.groupBy(S.USER_IDX, S.ITEM_IDX).agg(*aggs)
+    parts = {
+        b: (F.lit(float(cc.weights.get(b, 0.0))) * f_transform(F.col(f"_amt_{b}"), cc.f))
+        for b in cfg.vocabulary
+    }
+    conf = sum((parts[b] for b in cfg.vocabulary[1:]), parts[cfg.vocabulary[0]])
+    return g.select(
+        S.USER_IDX, S.ITEM_IDX, "n_events",
+        *[S.count_col(b) for b in cfg.vocabulary],
+        *[parts[b].cast("double").alias(S.conf_col(b)) for b in cfg.vocabulary],
+        conf.cast("double").alias(S.CONFIDENCE),
+        S.RATING, S.FIRST_TS, S.LAST_TS,
+    )
+
+
+def _entropy(counts_col: str) -> Column:
+    """Shannon entropy (nats) of an array of counts."""
+    total = F.aggregate(F.col(counts_col), F.lit(0.0), lambda acc, x: acc + x)
+    return F.aggregate(
+        F.col(counts_col), F.lit(0.0),
+        lambda acc, x: acc - F.when(x > 0, (x / total) * F.log(x / total)).otherwise(0.0),
+    )
+
+
+def _funnel(viewed: Column, carted: Column, purchased: Column) -> list[Column]:
+    def ratio(a, b):
+        return F.when(b > 0, a / b)
+
+    return [
+        ratio(carted, viewed).alias("view_to_cart"),
+        ratio(purchased, carted).alias("cart_to_purchase"),
+        ratio(purchased, viewed).alias("view_to_purchase"),
+    ]
+
+
+def build_user_features(events: DataFrame, *, cfg: Config, ref_ts) -> DataFrame:
+    """Per ``user_idx``: ``n_events``, ``n_<b>`` per behaviour, ``distinct_items``,
+    ``distinct_categories``, ``category_entropy``, ``first_ts``, ``last_ts``, ``recency_days``
+    (to ``ref_ts``), ``active_days``, funnel ``view_to_cart``, ``cart_to_purchase``,
+    ``view_to_purchase`` (over distinct items: viewed = view or click events)."""
+    viewed = F.col(S.BEHAVIOR).isin(S.VIEW, S.CLICK)
+    per_user = events.groupBy(S.USER_IDX).agg(
+        F.count(F.lit(1)).alias("n_events"),
+        *[F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(f"n_{b}") for b in cfg.vocabulary],
+        F.countDistinct(S.ITEM_IDX).alias("distinct_items"),
+        F.countDistinct(S.CATEGORY_ID).alias("distinct_categories"),
+        F.min(S.TS).alias(S.FIRST_TS),
+        F.max(S.TS).alias(S.LAST_TS),
+        F.countDistinct(S.EVENT_DATE).alias("active_days"),
+        F.countDistinct(F.when(viewed, F.col(S.ITEM_IDX))).alias("_viewed"),
+        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.CART, F.col(S.ITEM_IDX))).alias("_carted"),
+        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.PURCHASE, F.col(S.ITEM_IDX))).alias("_bought"),
+    )
+    cat = (
+        events.where(F.col(S.CATEGORY_ID).isNotNull())
+        .groupBy(S.USER_IDX, S.CATEGORY_ID).count()
+        .groupBy(S.USER_IDX).agg(F.collect_list(F.col("count").cast("double")).alias("_cats"))
+        .select(S.USER_IDX, _entropy("_cats").alias("category_entropy"))
+    )
+    return per_user.join(cat, S.USER_IDX, "left").select(
+        S.USER_IDX, "n_events", *[f"n_{b}" for b in cfg.vocabulary],
+        "distinct_items", "distinct_categories",
+        F.coalesce("category_entropy", F.lit(0.0)).alias("category_entropy"),
+        S.FIRST_TS, S.LAST_TS,
+        ((F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.LAST_TS).cast("double"))
+         / SECONDS_PER_DAY).alias("recency_days"),
+        "active_days",
+        *_funnel(F.col("_viewed"), F.col("_carted"), F.col("_bought")),
+    )
+
+
+def build_item_features(events: DataFrame, *, cfg: Config, ref_ts, n_users: int) -> DataFrame:
+    """Per ``item_idx``: ``category_id`` (most frequent), ``n_events``, ``n_<b>``,
+    ``distinct_users``, ``popularity`` (= distinct_users / all users), ``popularity_rank``
+    (1 = most popular), ``mean_rating``, ``first_ts``, ``last_ts``, ``recency_days``, funnel
+    ``view_to_cart``, ``cart_to_purchase``, ``view_to_purchase`` (over distinct users)."""
+    viewed = F.col(S.BEHAVIOR).isin(S.VIEW, S.CLICK)
+    per_item = events.groupBy(S.ITEM_IDX).agg(
+        F.mode(S.CATEGORY_ID).alias(S.CATEGORY_ID),
+        F.count(F.lit(1)).alias("n_events"),
+        *[F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(f"n_{b}") for b in cfg.vocabulary],
+        F.countDistinct(S.USER_IDX).alias("distinct_users"),
+        F.avg(F.when(F.col(S.BEHAVIOR) == S.RATING_B, F.col(S.VALUE))).alias("mean_rating"),
+        F.min(S.TS).alias(S.FIRST_TS),
+        F.max(S.TS).alias(S.LAST_TS),
+        F.countDistinct(F.when(viewed, F.col(S.USER_IDX))).alias("_viewed"),
+        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.CART, F.col(S.USER_IDX))).alias("_carted"),
+        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.PURCHASE, F.col(S.USER_IDX))).alias("_bought"),
+    )
+    rank_w = Window.orderBy(F.desc("distinct_users"))
+    return per_item.select(
+        S.ITEM_IDX, S.CATEGORY_ID, "n_events", *[f"n_{b}" for b in cfg.vocabulary],
+        "distinct_users",
+        (F.col("distinct_users") / F.lit(max(n_users, 1))).alias("popularity"),
+        F.dense_rank().over(rank_w).alias("popularity_rank"),
+        "mean_rating", S.FIRST_TS, S.LAST_TS,
+        ((F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.LAST_TS).cast("double"))
+         / SECONDS_PER_DAY).alias("recency_days"),
+        *_funnel(F.col("_viewed"), F.col("_carted"), F.col("_bought")),
+    )
+
+
+def build_sequences(events: DataFrame, *, cfg: Config) -> DataFrame:
+    """Per ``user_idx``: ``item_seq`` (array<int>), ``behavior_seq``, ``ts_seq``, oldest first,
+    the last ``sequences.max_len`` events kept; ``length`` kept and ``n_events`` in total.
+
+    Events are cut to the last max_len per user with a window before collecting, so a very heavy
+    user never has to fit in one in-memory list."""
+    max_len = cfg.sequences.max_len
+    w = Window.partitionBy(S.USER_IDX).orderBy(F.desc(S.TS), F.desc(S.EVENT_ID))
+    recent = events.select(
+        S.USER_IDX, S.ITEM_IDX, S.BEHAVIOR, S.TS, S.EVENT_ID,
+        F.row_number().over(w).alias("_rn"),
+        F.count(F.lit(1)).over(Window.partitionBy(S.USER_IDX)).alias("n_events"),
+    ).where(F.col("_rn") <= max_len)
+    g = recent.groupBy(S.USER_IDX).agg(
+        F.sort_array(F.collect_list(F.struct(S.TS, S.EVENT_ID, S.ITEM_IDX, S.BEHAVIOR))).alias("_s"),
+        F.first("n_events").alias("n_events"),
+    )
+    return g.select(
+        S.USER_IDX,
+        F.col(f"_s.{S.ITEM_IDX}").alias("item_seq"),
+        F.col(f"_s.{S.BEHAVIOR}").alias("behavior_seq"),
+        F.col(f"_s.{S.TS}").alias("ts_seq"),
+        F.size("_s").alias("length"),
+        "n_events",
+    )
+
+
+def read_indexed_events(spark: SparkSession, lake: Lake) -> DataFrame:
+    return index_events(
+        lake.read(spark, L.SILVER_EVENTS),
+        lake.read(spark, L.SILVER_USER_INDEX),
+        lake.read(spark, L.SILVER_ITEM_INDEX),
+    )
+
+
+def main(spark: SparkSession, cfg: Config) -> dict:
+    lake = Lake(cfg.lake)
+    t0 = time.perf_counter()
+    events = read_indexed_events(spark, lake).select(
+        S.USER_IDX, S.ITEM_IDX, S.BEHAVIOR, S.VALUE, S.TS, S.EVENT_DATE, S.CATEGORY_ID, S.EVENT_ID
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    stats = events.agg(F.max(S.TS).alias("ref"), F.count(F.lit(1)).alias("n")).first()
+    ref_ts, n_events = stats["ref"], stats["n"]
+    n_users = lake.read(spark, L.SILVER_USER_INDEX).count()
+    log.info("silver/events: %s events, %s users, latest %s", f"{n_events:,}", f"{n_users:,}", ref_ts)
+    counts = {}
+    builds = [
+        (L.GOLD_INTERACTIONS, lambda: build_interactions(events, cfg=cfg, ref_ts=ref_ts)),
+        (L.GOLD_USER_FEATURES, lambda: build_user_features(events, cfg=cfg, ref_ts=ref_ts)),
+        (L.GOLD_ITEM_FEATURES,
+         lambda: build_item_features(events, cfg=cfg, ref_ts=ref_ts, n_users=n_users)),
+        (L.GOLD_SEQUENCES, lambda: build_sequences(events, cfg=cfg)),
+    ]
+    for table, build in builds:
+        with timed(log, table) as info:
+            lake.write(build(), table, overwrite_schema=True)
+            info["rows"] = counts[table] = lake.last_metrics(spark, table).get("numOutputRows", 0)
+    events.unpersist()
+    lake.record_audit(spark, {
+        S.BATCH_ID: f"silver-v{lake.history_version(spark, L.SILVER_EVENTS)}",
+        S.STAGE: "gold", "rows_in": n_events, "rows_out": counts[L.GOLD_INTERACTIONS],
+        "details": counts, "seconds": time.perf_counter() - t0,
+    })
+    return counts
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cli import run_stage
+
+    sys.exit(run_stage("transform"))

@@ -1,0 +1,378 @@
+"""Deployment folder: manifests parse and say what they should, submit.sh builds the right command.
+
+Fast and Spark-free: YAML is only parsed, and submit.sh runs with DRY_RUN=1 or against a fake
+spark-submit that records its arguments.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SUBMIT = DEPLOY / "spark" / "submit.sh"
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+
+# deploy-relative path -> (apiVersion, kind) of each document, in order
+K8S_MANIFESTS = {
+    "spark/k8s/spark-reclake-job.yaml": [("sparkoperator.k8s.io/v1beta2", "SparkApplication")],
+    "ray/kuberay-raycluster.yaml": [("ray.io/v1", "RayCluster")],
+    "ray/kuberay-rayjob.yaml": [("ray.io/v1", "RayJob")],
+}
+RAY_LAUNCHER_CONFIGS = {"ray/cluster.yaml"}
+
+ALL_YAML = sorted(
+    p.relative_to(DEPLOY).as_posix() for ext in ("*.yaml", "*.yml") for p in DEPLOY.rglob(ext)
+)
+
+
+def _docs(rel: str) -> list:
+    with open(DEPLOY / rel) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def _one(rel: str) -> dict:
+    docs = _docs(rel)
+    assert len(docs) == 1, f"{rel}: expected one document, got {len(docs)}"
+    return docs[0]
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+
+def test_expected_deploy_files_exist():
+    for rel in [*K8S_MANIFESTS, *RAY_LAUNCHER_CONFIGS]:
+        assert (DEPLOY / rel).is_file(), rel
+    for rel in ["README.md", "spark/submit.sh", "spark/k8s/Dockerfile", "ray/Dockerfile"]:
+        assert (DEPLOY / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("rel", ALL_YAML)
+def test_yaml_parses_with_expected_kind(rel):
+    docs = _docs(rel)
+    assert docs, f"{rel} is empty"
+    assert all(isinstance(d, dict) for d in docs), rel
+    if rel in K8S_MANIFESTS:
+        assert [(d.get("apiVersion"), d.get("kind")) for d in docs] == K8S_MANIFESTS[rel]
+    elif rel in RAY_LAUNCHER_CONFIGS:
+        (cfg,) = docs
+        assert {"cluster_name", "provider", "available_node_types", "head_node_type"} <= set(cfg)
+    else:  # any other manifest must at least be a well-formed Kubernetes object
+        for d in docs:
+            assert d.get("apiVersion") and d.get("kind"), f"{rel}: missing apiVersion/kind"
+            assert d.get("metadata", {}).get("name"), f"{rel}: missing metadata.name"
+
+
+def test_spark_application():
+    app = _one("spark/k8s/spark-reclake-job.yaml")
+    spec = app["spec"]
+    assert app["metadata"]["name"]
+    assert spec["type"] == "Python" and spec["mode"] == "cluster"
+    assert spec["image"] == "ghcr.io/your-org/reclake:0.1.0"
+    assert spec["sparkVersion"].startswith("4.2")
+    assert spec["mainApplicationFile"] == "local:///opt/reclake/jobs/ingest.py"
+
+    args = spec["arguments"]
+    assert all(isinstance(a, str) for a in args), "arguments must be strings"
+    assert args[args.index("--lake") + 1] == "s3a://your-bucket/lake"
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert "spark.delta_pip=false" in sets
+    assert "--source-format" in args and "--path" in args
+
+    assert DELTA_PACKAGE in spec["deps"]["packages"]
+    assert any(p.startswith("org.apache.hadoop:hadoop-aws:") for p in spec["deps"]["packages"])
+    conf = spec["sparkConf"]
+    assert all(isinstance(v, str) for v in conf.values()), "sparkConf values must be strings"
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf["spark.sql.catalog.spark_catalog"] == (
+        "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    )
+    # S3 credentials come from a secret, in both driver and executors
+    for role in ("driver", "executor"):
+        refs = {k for k in conf if k.startswith(f"spark.kubernetes.{role}.secretKeyRef.")}
+        assert {
+            f"spark.kubernetes.{role}.secretKeyRef.AWS_ACCESS_KEY_ID",
+            f"spark.kubernetes.{role}.secretKeyRef.AWS_SECRET_ACCESS_KEY",
+        } <= refs
+    for role in ("driver", "executor"):
+        assert spec[role]["cores"] >= 1 and spec[role]["memory"]
+    assert spec["executor"]["instances"] >= 1
+    assert spec["driver"]["serviceAccount"]
+
+
+def _gpu_workers(cluster_spec: dict) -> list[dict]:
+    out = []
+    for group in cluster_spec["workerGroupSpecs"]:
+        for c in group["template"]["spec"]["containers"]:
+            if c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == 1:
+                out.append(group)
+    return out
+
+
+def _check_ray_cluster_spec(spec: dict) -> None:
+    assert spec["rayVersion"].startswith("2.")
+    head = spec["headGroupSpec"]
+    assert "rayStartParams" in head
+    (head_c,) = head["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in head_c.get("resources", {}).get("limits", {})
+    assert {p["containerPort"] for p in head_c["ports"]} >= {6379, 8265}
+    gpu = _gpu_workers(spec)
+    assert gpu, "no worker group with nvidia.com/gpu: 1"
+    for g in gpu:
+        assert g["groupName"] and "rayStartParams" in g
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+
+
+def test_kuberay_raycluster():
+    rc = _one("ray/kuberay-raycluster.yaml")
+    assert rc["metadata"]["name"]
+    _check_ray_cluster_spec(rc["spec"])
+
+
+def test_kuberay_rayjob():
+    job = _one("ray/kuberay-rayjob.yaml")
+    spec = job["spec"]
+    entry = shlex.split(spec["entrypoint"])
+    assert entry[:3] == ["python", "-m", "raytrain.train"]
+    assert entry[entry.index("--lake") + 1].startswith("s3a://")
+    assert "--use-gpu" in entry
+    assert spec["shutdownAfterJobFinishes"] is True
+    _check_ray_cluster_spec(spec["rayClusterSpec"])
+    assert "later release" in (DEPLOY / "ray/kuberay-rayjob.yaml").read_text()
+
+
+def test_ray_cluster_launcher_config():
+    cfg = _one("ray/cluster.yaml")
+    assert cfg["provider"]["type"] == "aws"
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types
+    head = types[cfg["head_node_type"]]
+    assert not head["node_config"]["InstanceType"].startswith(("g", "p"))  # CPU head
+    workers = [t for n, t in types.items() if n != cfg["head_node_type"]]
+    assert any(w["node_config"]["InstanceType"].startswith(("g", "p")) for w in workers)
+    assert all(w["max_workers"] >= w.get("min_workers", 0) for w in workers)
+    assert any("pip install" in c and "[ray]" in c for c in cfg["setup_commands"])
+
+
+def test_ray_cluster_launcher_config_matches_ray_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    spec = importlib.util.find_spec("ray")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("ray not installed")
+    schema_path = Path(list(spec.submodule_search_locations)[0]) / "autoscaler/ray-schema.json"
+    if not schema_path.is_file():
+        pytest.skip("this ray has no autoscaler/ray-schema.json")
+    jsonschema.validate(_one("ray/cluster.yaml"), json.loads(schema_path.read_text()))
+
+
+def test_dockerfiles():
+    spark = (DEPLOY / "spark/k8s/Dockerfile").read_text()
+    assert "ARG SPARK_TAG=4.2" in spark
+    assert "FROM ${SPARK_IMAGE}:${SPARK_TAG}" in spark and "ARG SPARK_IMAGE=apache/spark" in spark
+    assert "pip install" in spark and "/opt/reclake/jobs" in spark
+    ray = (DEPLOY / "ray/Dockerfile").read_text()
+    assert "FROM rayproject/ray:" in ray and "[ray]" in ray
+
+
+# --- submit.sh --------------------------------------------------------------------------------
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DRY_RUN",
+            "SPARK_MASTER",
+            "DELTA_VERSION",
+            "EXTRA_PACKAGES",
+            "SPARK_SUBMIT_ARGS",
+            "PYTHON",
+        }
+    }
+    env["SPARK_SUBMIT"] = "spark-submit"  # no lookup of SPARK_HOME / PATH / .venv
+    env.update(extra)
+    return env
+
+
+def _run(script: Path, *args: str, cwd: Path = ROOT, **env: str):
+    return subprocess.run(
+        ["bash", str(script), *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _assert_submit_command(tokens: list[str], stage: str, flags: list[str]) -> None:
+    # DRY_RUN prefixes the environment the script exports (SPARK_HOME=..., PYSPARK_...=...)
+    while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", tokens[0]):
+        tokens = tokens[1:]
+    assert tokens[0].endswith("spark-submit")
+    script = next(i for i, t in enumerate(tokens) if t.endswith(f"jobs/{stage}.py"))
+    before, after = tokens[:script], tokens[script + 1 :]
+    # spark-submit options come before the application, stage flags after it
+    assert before[before.index("--master") + 1] == "local[2]"
+    assert before[before.index("--packages") + 1] == DELTA_PACKAGE
+    assert before[before.index("--py-files") + 1].endswith("build/reclake-deps.zip")
+    confs = [before[i + 1] for i, t in enumerate(before) if t == "--conf"]
+    assert "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension" in confs
+    assert (
+        "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog" in confs
+    )
+    assert after[:2] == ["--set", "spark.delta_pip=false"]
+    assert after[2:] == flags
+
+
+def test_submit_sh_syntax_and_executable():
+    subprocess.run(["bash", "-n", str(SUBMIT)], check=True)
+    assert SUBMIT.stat().st_mode & stat.S_IXUSR, "submit.sh must be executable"
+
+
+def _repo_stage() -> str | None:
+    names = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
+    names = [n for n in names if n not in ("__init__", "cli") and not n.startswith("_")]
+    return "ingest" if "ingest" in names else (names[0] if names else None)
+
+
+def test_submit_dry_run_in_repo():
+    stage = _repo_stage()
+    if stage is None:
+        pytest.skip("no stage module under jobs/ yet")
+    flags = ["--source-format", "taobao", "--path", "x"]
+    r = _run(SUBMIT, stage, *flags, DRY_RUN="1")
+    assert r.returncode == 0, r.stderr
+    assert f"jobs/{stage}.py" in r.stdout and "--py-files" in r.stdout
+    assert DELTA_PACKAGE in r.stdout
+    assert "--source-format taobao --path x" in r.stdout
+    _assert_submit_command(shlex.split(r.stdout), stage, flags)
+
+
+@pytest.fixture()
+def fake_repo(tmp_path: Path) -> Path:
+    """A minimal checkout: submit.sh plus common/ and jobs/ with an `ingest` stage."""
+    (tmp_path / "deploy/spark").mkdir(parents=True)
+    shutil.copy2(SUBMIT, tmp_path / "deploy/spark/submit.sh")
+    for rel in [
+        "common/__init__.py",
+        "common/config.py",
+        "jobs/__init__.py",
+        "jobs/cli.py",
+        "jobs/ingest.py",
+        "jobs/_private.py",
+        "jobs/sources/__init__.py",
+        "jobs/sources/taobao.py",
+        "jobs/__pycache__/cli.cpython-311.pyc",
+    ]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"# {rel}\n")
+    return tmp_path
+
+
+def test_submit_dry_run_prints_command(fake_repo: Path, tmp_path: Path):
+    script = fake_repo / "deploy/spark/submit.sh"
+    flags = ["--source-format", "taobao", "--path", "x"]
+    r = _run(script, "ingest", *flags, cwd=tmp_path, DRY_RUN="1")
+    assert r.returncode == 0, r.stderr
+    tokens = shlex.split(r.stdout)
+    _assert_submit_command(tokens, "ingest", flags)
+    assert f"{fake_repo}/jobs/ingest.py" in tokens
+    assert f"{fake_repo}/build/reclake-deps.zip" in tokens
+    assert not (fake_repo / "build").exists(), "DRY_RUN must not build anything"
+
+
+def test_submit_env_overrides(fake_repo: Path):
+    r = _run(
+        fake_repo / "deploy/spark/submit.sh",
+        "ingest",
+        "--lake",
+        "/tmp/l",
+        DRY_RUN="1",
+        SPARK_MASTER="spark://head:7077",
+        DELTA_VERSION="9.9.9",
+        EXTRA_PACKAGES="org.apache.hadoop:hadoop-aws:3.5.0",
+        SPARK_SUBMIT_ARGS="--driver-memory 8g  --conf spark.executor.memory=4g",
+    )
+    assert r.returncode == 0, r.stderr
+    tokens = shlex.split(r.stdout)
+    script = next(i for i, t in enumerate(tokens) if t.endswith("jobs/ingest.py"))
+    assert tokens[tokens.index("--master") + 1] == "spark://head:7077"
+    assert tokens[tokens.index("--packages") + 1] == (
+        "io.delta:delta-spark_4.2_2.13:9.9.9,org.apache.hadoop:hadoop-aws:3.5.0"
+    )
+    assert tokens[script - 4 : script] == [
+        "--driver-memory",
+        "8g",
+        "--conf",
+        "spark.executor.memory=4g",
+    ]
+    assert tokens[script + 1 :] == ["--set", "spark.delta_pip=false", "--lake", "/tmp/l"]
+
+
+def test_submit_runs_spark_submit_with_deps_zip(fake_repo: Path, tmp_path: Path):
+    record = tmp_path / "argv"
+    fake = tmp_path / "bin/spark-submit"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$ARGV_OUT"\n')
+    fake.chmod(0o755)
+    r = _run(
+        fake_repo / "deploy/spark/submit.sh",
+        "ingest",
+        "--path",
+        "a dir/with spaces",
+        cwd=tmp_path,
+        SPARK_SUBMIT=str(fake),
+        ARGV_OUT=str(record),
+    )
+    assert r.returncode == 0, r.stderr
+    argv = record.read_text().split("\0")[:-1]
+    assert argv[-4:] == ["--set", "spark.delta_pip=false", "--path", "a dir/with spaces"]
+    deps = Path(argv[argv.index("--py-files") + 1])
+    assert deps == fake_repo / "build/reclake-deps.zip"
+    names = set(zipfile.ZipFile(deps).namelist())
+    assert {
+        "common/__init__.py",
+        "jobs/cli.py",
+        "jobs/ingest.py",
+        "jobs/sources/taobao.py",
+    } <= names
+    assert {"common/", "jobs/", "jobs/sources/"} <= names  # zipimport needs directory entries
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert not any(n.startswith("deploy/") for n in names)
+
+
+@pytest.mark.parametrize("stage", ["nosuchstage", "cli", "__init__", "_private", "../jobs/ingest"])
+def test_submit_unknown_stage_fails_with_usage(fake_repo: Path, stage: str):
+    r = _run(fake_repo / "deploy/spark/submit.sh", stage, "--path", "x", DRY_RUN="1")
+    assert r.returncode != 0
+    assert "usage:" in r.stderr
+    assert "unknown stage" in r.stderr
+    assert "ingest" in r.stderr  # lists the stages that do exist
+    assert r.stdout == ""
+
+
+def test_submit_unknown_stage_in_repo():
+    r = _run(SUBMIT, "nosuchstage", DRY_RUN="1")
+    assert r.returncode != 0 and "usage:" in r.stderr and r.stdout == ""
+
+
+def test_submit_without_stage_prints_usage(fake_repo: Path):
+    r = _run(fake_repo / "deploy/spark/submit.sh")
+    assert r.returncode != 0 and "usage:" in r.stderr
+    r = _run(fake_repo / "deploy/spark/submit.sh", "--help")
+    assert r.returncode == 0 and "usage:" in r.stderr
