@@ -112,13 +112,25 @@ class Lake:
         target = DeltaTable.forPath(df.sparkSession, self.path(table))
         target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
 
-    def last_metrics(self, spark: SparkSession, table: str) -> dict[str, int]:
+    def version(self, spark: SparkSession, table: str) -> int:
+        """Latest commit version, -1 when the table does not exist yet."""
+        return self.history_version(spark, table) if self.exists(spark, table) else -1
+
+    def last_metrics(
+        self, spark: SparkSession, table: str, since_version: int | None = None
+    ) -> dict[str, int]:
         """Delta's operation metrics of the table's latest commit (``numOutputRows``,
-        ``numTargetRowsInserted``, ...): row counts of a write without another Spark action."""
+        ``numTargetRowsInserted``, ...): row counts of a write without another Spark action.
+
+        With ``since_version``, a table still at that version (Delta skips commits that change
+        nothing, e.g. a MERGE that inserts no row) gives ``{}``."""
         from delta.tables import DeltaTable
 
-        row = DeltaTable.forPath(spark, self.path(table)).history(1).select("operationMetrics").first()
-        return {k: int(v) for k, v in (row[0] or {}).items() if v is not None and v.isdigit()}
+        hist = DeltaTable.forPath(spark, self.path(table)).history(1)
+        row = hist.select("version", "operationMetrics").first()
+        if since_version is not None and row[0] <= since_version:
+            return {}
+        return {k: int(v) for k, v in (row[1] or {}).items() if v is not None and v.isdigit()}
 
     def record_audit(self, spark: SparkSession, row: dict) -> None:
         """Write one ``audit/batches`` row, replacing an earlier row of the same batch and stage."""

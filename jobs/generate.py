@@ -335,7 +335,7 @@ def _chunk_events(g: GenerateConfig, chunk: int) -> _Events:
         s["session"] = s["session"] + sessions
         sessions += n
         parts.append(s)
-        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "duration"}
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts[1:] else s
         keep = _unique_mask(cat["user"], cat["item"], cat["ts"], g)
         have = int(keep.sum())
         if have >= target:
@@ -462,10 +462,14 @@ class _ChunkText:
     @functools.cached_property
     def value(self) -> pa.Array:
         ev = self.ev
-        stars = pc.cast(pa.array(ev.rating), pa.string())
-        value = pc.if_else(pa.array(ev.behavior == _RATING), stars, _money(ev.cents))
-        absent = (ev.cents == 0) & (ev.behavior != _RATING)
-        return pc.if_else(pa.array(absent), pa.scalar(None, pa.string()), value)
+        rated = ev.behavior == _RATING
+        present = (ev.cents > 0) | rated
+        # format only the ~10% of events that carry a value, then spread them out with a take
+        where = np.flatnonzero(present)
+        stars = pc.cast(pa.array(ev.rating[where]), pa.string())
+        text = pc.if_else(pa.array(rated[where]), stars, _money(ev.cents[where]))
+        slot = np.cumsum(present) - 1
+        return text.take(pa.array(slot, mask=~present))
 
     @functools.cached_property
     def ts_iso(self) -> pa.Array:
@@ -497,34 +501,62 @@ class _Format:
     kinds: tuple[str, ...]  # dirty-row reason codes this format can carry
 
 
-_GENERIC_ROLES = {_USER: S.USER_ID, _ITEM: S.ITEM_ID, _BEHAVIOR: S.BEHAVIOR, _VALUE: S.VALUE,
-                  _TS: S.TS}
+_GENERIC_ROLES = {
+    _USER: S.USER_ID,
+    _ITEM: S.ITEM_ID,
+    _BEHAVIOR: S.BEHAVIOR,
+    _VALUE: S.VALUE,
+    _TS: S.TS,
+}
 _ALL_KINDS = S.REASON_CODES
 # no value column, so no value kinds
 _CSV_LIKE_KINDS = tuple(k for k in S.REASON_CODES if k not in (S.BAD_VALUE, S.VALUE_OUT_OF_RANGE))
 # typed columns cannot hold unparseable text, broken rows or invalid UTF-8
-_PARQUET_KINDS = (S.MISSING_USER, S.MISSING_ITEM, S.TS_OUT_OF_RANGE, S.UNKNOWN_BEHAVIOR,
-                  S.VALUE_OUT_OF_RANGE)
+_PARQUET_KINDS = (
+    S.MISSING_USER,
+    S.MISSING_ITEM,
+    S.TS_OUT_OF_RANGE,
+    S.UNKNOWN_BEHAVIOR,
+    S.VALUE_OUT_OF_RANGE,
+)
+
+_TAOBAO_FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts")
+_RETAILROCKET_FIELDS = ("timestamp", "visitorid", "event", "itemid", "transactionid")
 
 _FORMAT_SPECS: dict[str, _Format] = {
-    "csv": _Format("csv", "csv", GENERIC_COLUMNS, GENERIC_COLUMNS, _GENERIC_ROLES,
-                   S.CANONICAL_BEHAVIORS, "iso", _ALL_KINDS),
-    "jsonl": _Format("jsonl", "jsonl", None, GENERIC_COLUMNS, _GENERIC_ROLES,
-                     S.CANONICAL_BEHAVIORS, "iso", _ALL_KINDS),
-    "parquet": _Format("parquet", "parquet", None, GENERIC_COLUMNS, _GENERIC_ROLES,
-                       S.CANONICAL_BEHAVIORS, "timestamp", _PARQUET_KINDS),
-    "taobao": _Format(
-        "taobao", "csv", None, ("user_id", "item_id", "category_id", "behavior", "ts"),
-        {_USER: "user_id", _ITEM: "item_id", _BEHAVIOR: "behavior", _TS: "ts"},
-        ("pv", "pv", "cart", "fav", "buy", None), "s", _CSV_LIKE_KINDS,
-    ),
-    "retailrocket": _Format(
-        "retailrocket", "csv", ("timestamp", "visitorid", "event", "itemid", "transactionid"),
-        ("timestamp", "visitorid", "event", "itemid", "transactionid"),
-        {_USER: "visitorid", _ITEM: "itemid", _BEHAVIOR: "event", _TS: "timestamp"},
-        ("view", "view", "addtocart", None, "transaction", None), "ms", _CSV_LIKE_KINDS,
-    ),
+    name: _Format(
+        name=name,
+        ext=name,
+        header=GENERIC_COLUMNS if name == "csv" else None,
+        fields=GENERIC_COLUMNS,
+        roles=_GENERIC_ROLES,
+        labels=S.CANONICAL_BEHAVIORS,
+        ts_unit="timestamp" if name == "parquet" else "iso",
+        kinds=_PARQUET_KINDS if name == "parquet" else _ALL_KINDS,
+    )
+    for name in ("csv", "jsonl", "parquet")
 }
+_FORMAT_SPECS["taobao"] = _Format(
+    name="taobao",
+    ext="csv",
+    header=None,
+    fields=_TAOBAO_FIELDS,
+    roles={_USER: "user_id", _ITEM: "item_id", _BEHAVIOR: "behavior", _TS: "ts"},
+    labels=("pv", "pv", "cart", "fav", "buy", None),
+    ts_unit="s",
+    kinds=_CSV_LIKE_KINDS,
+)
+_FORMAT_SPECS["retailrocket"] = _Format(
+    name="retailrocket",
+    ext="csv",
+    header=_RETAILROCKET_FIELDS,
+    fields=_RETAILROCKET_FIELDS,
+    roles={_USER: "visitorid", _ITEM: "itemid", _BEHAVIOR: "event", _TS: "timestamp"},
+    labels=("view", "view", "addtocart", None, "transaction", None),
+    ts_unit="ms",
+    kinds=_CSV_LIKE_KINDS,
+)
+assert tuple(_FORMAT_SPECS) == FORMATS
 
 
 def _rows_of(fmt: _Format, ev: _Events) -> np.ndarray:
@@ -587,14 +619,15 @@ def _render_ts(fmt: _Format, ts: np.ndarray) -> pa.Array:
     return pc.cast(pa.array(ts * (1000 if fmt.ts_unit == "ms" else 1)), pa.string())
 
 
-def _const(value, n: int, typ=pa.string()) -> pa.Array:
-    return pa.array([value] * n, typ)
+def _const(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
 
 
 def _lines(fmt: _Format, cols: dict, malformed: int = 0) -> pa.Array:
     """Rows as binary lines without the newline.
 
-    malformed=1 drops the last field (jsonl: the closing brace), 2 appends an extra field.
+    malformed=1 drops the last field (jsonl: the closing brace), 2 appends an extra field
+    (jsonl: a key with no value), so every malformed line fails to parse in its own format.
     """
     fields = list(fmt.fields)
     if fmt.name == "jsonl":
@@ -603,8 +636,12 @@ def _lines(fmt: _Format, cols: dict, malformed: int = 0) -> pa.Array:
             v = cols[f].cast(pa.binary())
             if f != S.VALUE:  # ids, words and ISO times are JSON strings; value is a number
                 v = pc.binary_join_element_wise(b'"', v, b'"', b"")
-            parts += [(b"{" if i == 0 else b",") + json.dumps(f).encode() + b":",
-                      v.fill_null(b"null")]
+            parts += [
+                (b"{" if i == 0 else b",") + json.dumps(f).encode() + b":",
+                v.fill_null(b"null"),
+            ]
+        if malformed == 2:
+            parts.append(b',"extra"')  # a key without a value
         if malformed != 1:
             parts.append(b"}")
         return pc.binary_join_element_wise(*parts, b"")
@@ -613,9 +650,7 @@ def _lines(fmt: _Format, cols: dict, malformed: int = 0) -> pa.Array:
     arrays = [cols[f].cast(pa.binary()) for f in fields]
     if malformed == 2:
         arrays.append(b"x")
-    return pc.binary_join_element_wise(
-        *arrays, b",", null_handling="replace", null_replacement=""
-    )
+    return pc.binary_join_element_wise(*arrays, b",", null_handling="replace", null_replacement="")
 
 
 # --- dirty rows -----------------------------------------------------------------------------------
@@ -652,7 +687,6 @@ def _dirty_rows(
         variant = (mine // len(kinds)) % 2
         dcols = {f: c.take(pa.array(base)) for f, c in cols.items()}
         role = fmt.roles
-        malformed = 0
         if kind == S.MISSING_USER:
             dcols[role[_USER]] = pa.nulls(n, dcols[role[_USER]].type)
         elif kind == S.MISSING_ITEM:
@@ -674,8 +708,6 @@ def _dirty_rows(
                 dcols[role[_VALUE]] = pa.array(np.where(rated, 9.0, -cents / 100))
             else:
                 dcols[role[_VALUE]] = pc.if_else(pa.array(rated), "9", _money(-cents))
-        elif kind == S.MALFORMED:
-            malformed = 1 + variant
         elif kind == S.BAD_ENCODING:
             item = dcols[role[_ITEM]].cast(pa.binary())
             dcols[role[_ITEM]] = pc.binary_join_element_wise(item, _BAD_ID, b"")
@@ -683,8 +715,14 @@ def _dirty_rows(
             out.append(pa.table(dcols, schema=GENERIC_SCHEMA))
         elif kind == S.MALFORMED:
             # half drop a field, half add one: lines built per variant, kept in base order
-            parts = [_lines(fmt, {f: c.filter(pa.array(variant == v)) for f, c in dcols.items()},
-                            malformed=1 + v) for v in (0, 1)]
+            parts = [
+                _lines(
+                    fmt,
+                    {f: c.filter(pa.array(variant == v)) for f, c in dcols.items()},
+                    malformed=1 + v,
+                )
+                for v in (0, 1)
+            ]
             out.extend(parts)
         else:
             out.append(_lines(fmt, dcols))
@@ -740,7 +778,7 @@ class _FormatWriter:
 
         cols = _columns(fmt, text, rows, g.chunk_events)
         dirty, counts = _dirty_rows(fmt, ev, rows, cols, self.dirty, n_dirty, rng)
-        dup = pa.array(rng.choice(n, n_dup, replace=False) if n_dup else [], pa.int64())
+        dup = pa.array(rng.choice(n, n_dup, replace=n_dup > n) if n_dup else [], pa.int64())
         order = pa.array(_interleave(n, n_dirty + n_dup, rng))
 
         name = f"part-{ev.chunk:05d}.{fmt.ext}"
@@ -823,29 +861,39 @@ def write_formats(
             w.write_chunk(ev, text)
         done += len(ev)
         if progress is not None:
-            rate = done / max(time.perf_counter() - t_start, 1e-9)
-            progress(f"generate: chunk {i + 1}/{chunks}, {done:,} events, {rate / 1e6:.2f}M events/s")
+            rate = _rate(done, time.perf_counter() - t_start)
+            progress(f"generate: chunk {i + 1}/{chunks}, {done:,} events, {rate}")
     return {w.fmt.name: w.manifest() for w in writers}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `generate`; each sets the config key named by its dest."""
-    a = p.add_argument
-    a("--out", dest="generate.out", default=None, help="output root (default ./demo-data)")
-    a("--users", dest="generate.users", type=int, default=None, help="number of users")
-    a("--items", dest="generate.items", type=int, default=None, help="number of items")
-    a("--events", dest="generate.events", type=int, default=None, help="clean events in total")
-    a("--days", dest="generate.days", type=int, default=None, help="length of the time window")
-    a("--start", dest="generate.start", default=None, help="window start, ISO date (UTC)")
-    a("--categories", dest="generate.categories", type=int, default=None,
-      help="number of item categories")
-    a("--seed", dest="generate.seed", type=int, default=None, help="random seed")
-    a("--dirty-rate", dest="generate.dirty_rate", type=float, default=None,
-      help="share of dirty rows and of exact duplicates to inject (default 0)")
-    a("--formats", dest="generate.formats", type=str, default=None,
-      help=f"comma-separated, from {','.join(FORMATS)} (default csv)")
-    a("--chunk-events", dest="generate.chunk_events", type=int, default=None,
-      help="events generated and written per part file")
+
+    def flag(name: str, key: str, metavar: str, help: str, type=str) -> None:
+        p.add_argument(name, dest=key, type=type, default=None, metavar=metavar, help=help)
+
+    flag("--out", "generate.out", "DIR", "output root (default ./demo-data)")
+    flag("--users", "generate.users", "N", "number of users", int)
+    flag("--items", "generate.items", "N", "number of items", int)
+    flag("--events", "generate.events", "N", "clean events in total", int)
+    flag("--days", "generate.days", "N", "length of the time window in days", int)
+    flag("--start", "generate.start", "DATE", "window start, ISO date or datetime (UTC)")
+    flag("--categories", "generate.categories", "N", "number of item categories", int)
+    flag("--seed", "generate.seed", "N", "random seed", int)
+    flag(
+        "--dirty-rate",
+        "generate.dirty_rate",
+        "R",
+        "share of dirty rows, and of exact duplicates, to inject (default 0)",
+        float,
+    )
+    flag("--formats", "generate.formats", "LIST", f"comma-separated from {','.join(FORMATS)}")
+    flag("--chunk-events", "generate.chunk_events", "N", "events per chunk and part file", int)
+
+
+def _rate(events: int, seconds: float) -> str:
+    r = events / max(seconds, 1e-9)
+    return f"{r / 1e6:.2f}M events/s" if r >= 1e5 else f"{r / 1e3:.1f}k events/s"
 
 
 def main(spark, cfg: Config) -> dict[str, dict]:
@@ -855,8 +903,7 @@ def main(spark, cfg: Config) -> dict[str, dict]:
     seconds = time.perf_counter() - t0
     g = cfg.generate
     print(
-        f"generate: {g.events:,} events in {seconds:.1f}s "
-        f"({g.events / max(seconds, 1e-9) / 1e6:.2f}M events/s) -> {g.out}",
+        f"generate: {g.events:,} events in {seconds:.1f}s ({_rate(g.events, seconds)}) -> {g.out}",
         flush=True,
     )
     for m in manifests.values():

@@ -260,8 +260,9 @@ def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: st
     existing = lake.read_or_empty(spark, table, schema)
     start = (existing.agg(F.max(idx_col)).first()[0] or -1) + 1
     new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col, start=start)
+    before = lake.version(spark, table)
     lake.write(new.coalesce(1), table, mode="append")
-    return lake.last_metrics(spark, table).get("numOutputRows", 0)
+    return lake.last_metrics(spark, table, before).get("numOutputRows", 0)
 
 
 def main(spark: SparkSession, cfg: Config) -> dict | None:
@@ -291,8 +292,9 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
         F.lit(batch_id).alias(S.BATCH_ID), F.lit(ingest_ts).cast(T.TimestampType()).alias(S.INGEST_TS),
     )
     with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
+        before = lake.version(spark, L.BRONZE_EVENTS)
         lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        rows_in = lake.last_metrics(spark, L.BRONZE_EVENTS).get("numOutputRows", 0)
+        rows_in = lake.last_metrics(spark, L.BRONZE_EVENTS, before).get("numOutputRows", 0)
         info["rows"] = rows_in
     lake.record_audit(spark, {S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name,
                               "rows_in": rows_in, "rows_out": rows_in,
@@ -302,8 +304,9 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
 
     with timed(log, "quarantine/events") as info:
         q = build_quarantine_events(std)
+        before = lake.version(spark, L.QUARANTINE_EVENTS)
         lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        quarantined = lake.last_metrics(spark, L.QUARANTINE_EVENTS).get("numOutputRows", 0)
+        quarantined = lake.last_metrics(spark, L.QUARANTINE_EVENTS, before).get("numOutputRows", 0)
         info["rows"] = quarantined
     reason_counts = {
         r[0]: r[1]
@@ -313,13 +316,15 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
 
     with timed(log, "silver/events") as info:
         silver = build_silver_events(std)
-        if lake.exists(spark, L.SILVER_EVENTS):
+        before = lake.version(spark, L.SILVER_EVENTS)
+        if before >= 0:
             if ic.force:
                 from delta.tables import DeltaTable
 
                 DeltaTable.forPath(spark, lake.path(L.SILVER_EVENTS)).delete(batch_pred)
+                before = lake.version(spark, L.SILVER_EVENTS)
             lake.merge_insert_new(silver, L.SILVER_EVENTS, [S.EVENT_ID])
-            new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numTargetRowsInserted", 0)
+            new = lake.last_metrics(spark, L.SILVER_EVENTS, before).get("numTargetRowsInserted", 0)
         else:
             lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
             new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numOutputRows", 0)
