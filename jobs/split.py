@@ -105,9 +105,12 @@ def temporal_cutoffs(events: DataFrame, *, cfg: Config) -> tuple[datetime, datet
         valid_cut = datetime.fromtimestamp(min(valid_q, test_cut.timestamp()), timezone.utc)
     else:
         qs = secs.approxQuantile(
-            "s", [1 - sc.test_fraction - sc.valid_fraction, 1 - sc.test_fraction], 0.0
+            # rounded: 1 - 0.2 - 0.1 is 0.7000000000000001, which moves the rank up by one
+            "s", [round(1 - sc.test_fraction - sc.valid_fraction, 9), round(1 - sc.test_fraction, 9)],
+            0.0,
         )
-        valid_cut, test_cut = (datetime.fromtimestamp(q, timezone.utc) for q in qs)
+        # events strictly after the quantile are the held-out share: cut 1 microsecond past it
+        valid_cut, test_cut = (datetime.fromtimestamp(q + 1e-6, timezone.utc) for q in qs)
     return valid_cut.replace(tzinfo=None), test_cut.replace(tzinfo=None)
 
 
