@@ -55,10 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=10_000_000, help="clean events to generate")
     p.add_argument("--repeats", type=int, default=1, help="runs of each pipeline")
     p.add_argument("--workdir", default="./bench-out", help="data, bare output and lake go here")
-    p.add_argument("--dirty-rate", type=float, default=0.01,
-                   help="share of dirty rows, and of exact duplicates, in the log")
-    p.add_argument("--shuffle-partitions", type=int, default=None,
-                   help="default: events / 1.25M, between 2 and 16 (8 for 10M)")
+    p.add_argument(
+        "--dirty-rate",
+        type=float,
+        default=0.01,
+        help="share of dirty rows, and of exact duplicates, in the log",
+    )
+    p.add_argument(
+        "--shuffle-partitions",
+        type=int,
+        default=None,
+        help="default: events / 1.25M, between 2 and 16 (8 for 10M)",
+    )
     p.add_argument("--driver-memory", default="8g")
     args = p.parse_args(argv)
     if args.events < 1 or args.repeats < 1:
@@ -73,21 +81,23 @@ def shuffle_partitions(events: int) -> int:
 
 def bench_config(args: argparse.Namespace, work: Path) -> Config:
     data = work / "data"
-    return load_config(values={
-        "lake": str(work / "lake"),
-        "spark.shuffle_partitions": args.shuffle_partitions or shuffle_partitions(args.events),
-        "spark.driver_memory": args.driver_memory,
-        # outside the lake, which each repeat deletes
-        "spark.checkpoint_dir": str(work / "_checkpoints"),
-        "spark.conf": {"spark.sql.warehouse.dir": str(work / "warehouse")},
-        "generate.out": str(data),
-        "generate.events": args.events,
-        "generate.seed": SEED,
-        "generate.dirty_rate": args.dirty_rate,
-        "generate.formats": ["csv"],
-        "ingest.source_format": "generic",
-        "ingest.path": str(data / "csv" / "part-*.csv"),
-    })
+    return load_config(
+        values={
+            "lake": str(work / "lake"),
+            "spark.shuffle_partitions": args.shuffle_partitions or shuffle_partitions(args.events),
+            "spark.driver_memory": args.driver_memory,
+            # outside the lake, which each repeat deletes
+            "spark.checkpoint_dir": str(work / "_checkpoints"),
+            "spark.conf": {"spark.sql.warehouse.dir": str(work / "warehouse")},
+            "generate.out": str(data),
+            "generate.events": args.events,
+            "generate.seed": SEED,
+            "generate.dirty_rate": args.dirty_rate,
+            "generate.formats": ["csv"],
+            "ingest.source_format": "generic",
+            "ingest.path": str(data / "csv" / "part-*.csv"),
+        }
+    )
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -102,7 +112,10 @@ def ensure_input(cfg: Config) -> tuple[dict, float | None]:
     if manifest_path.exists():
         m = json.loads(manifest_path.read_text())
         same = (m.get("events"), m.get("seed"), m.get("dirty_rate")) == (
-            g.events, g.seed, g.dirty_rate)
+            g.events,
+            g.seed,
+            g.dirty_rate,
+        )
         if same and all((manifest_path.parent / f).exists() for f in m.get("files", [])):
             print(f"generate: reusing {m['rows']:,} rows in {manifest_path.parent}", flush=True)
             return m, None
@@ -123,22 +136,33 @@ def run_bare(spark: SparkSession, csv_glob: str, out: Path) -> float:
     t0 = time.perf_counter()
     raw = spark.read.csv(csv_glob, header=True, schema=schema)
     typed = raw.select(
-        S.USER_ID, S.ITEM_ID, S.BEHAVIOR,
+        S.USER_ID,
+        S.ITEM_ID,
+        S.BEHAVIOR,
         F.col(S.VALUE).try_cast("double").alias(S.VALUE),
         F.col(S.TS).try_cast("timestamp").alias(S.TS),
-        S.SESSION_ID, S.CATEGORY_ID,
+        S.SESSION_ID,
+        S.CATEGORY_ID,
     )
     clean = typed.where(
-        F.col(S.USER_ID).isNotNull() & F.col(S.ITEM_ID).isNotNull() & F.col(S.TS).isNotNull()
+        F.col(S.USER_ID).isNotNull()
+        & F.col(S.ITEM_ID).isNotNull()
+        & F.col(S.TS).isNotNull()
         & F.col(S.BEHAVIOR).isin(*S.CANONICAL_BEHAVIORS)
     ).dropDuplicates()
-    (clean.withColumn(S.EVENT_DATE, F.to_date(S.TS))
-     .write.mode("overwrite").partitionBy(S.EVENT_DATE).parquet(events_path))
+    (
+        clean.withColumn(S.EVENT_DATE, F.to_date(S.TS))
+        .write.mode("overwrite")
+        .partitionBy(S.EVENT_DATE)
+        .parquet(events_path)
+    )
 
     events = spark.read.parquet(events_path)
     pairs = events.groupBy(S.USER_ID, S.ITEM_ID).agg(
-        *[F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(S.count_col(b))
-          for b in S.CANONICAL_BEHAVIORS],
+        *[
+            F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(S.count_col(b))
+            for b in S.CANONICAL_BEHAVIORS
+        ],
         F.min(S.TS).alias(S.FIRST_TS),
         F.max(S.TS).alias(S.LAST_TS),
     )
@@ -179,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_config(args, work)
     manifest, gen_s = ensure_input(cfg)
     rows = manifest["rows"]
-    print(f"input: {rows:,} rows = {manifest['clean_rows']:,} clean + "
-          f"{manifest['duplicates']:,} duplicates + {manifest['dirty']:,} dirty; "
-          f"shuffle partitions {cfg.spark.shuffle_partitions}, driver {cfg.spark.driver_memory}",
-          flush=True)
+    print(
+        f"input: {rows:,} rows = {manifest['clean_rows']:,} clean + "
+        f"{manifest['duplicates']:,} duplicates + {manifest['dirty']:,} dirty; "
+        f"shuffle partitions {cfg.spark.shuffle_partitions}, driver {cfg.spark.driver_memory}",
+        flush=True,
+    )
 
     spark = get_spark(cfg)
     runs: list[dict] = []
@@ -196,16 +222,19 @@ def main(argv: list[str] | None = None) -> int:
                     run["bare_s"] = run_bare(spark, cfg.ingest.path, work / "bare")
                 else:
                     ing, tr, audit, gold = run_reclake(spark, cfg)
-                    run.update(ingest_s=ing, transform_s=tr, reclake_s=ing + tr,
-                               audit=audit, gold=gold)
+                    run.update(
+                        ingest_s=ing, transform_s=tr, reclake_s=ing + tr, audit=audit, gold=gold
+                    )
             run["ratio"] = run["reclake_s"] / run["bare_s"]
             runs.append(run)
-            print(f"repeat {i + 1}/{args.repeats} ({' then '.join(order)}): "
-                  f"bare {run['bare_s']:.1f}s ({fmt_rate(rate(rows, run['bare_s']))}) | "
-                  f"reclake {run['reclake_s']:.1f}s = ingest {run['ingest_s']:.1f}s "
-                  f"+ transform {run['transform_s']:.1f}s "
-                  f"({fmt_rate(rate(rows, run['reclake_s']))}) | ratio {run['ratio']:.2f}",
-                  flush=True)
+            print(
+                f"repeat {i + 1}/{args.repeats} ({' then '.join(order)}): "
+                f"bare {run['bare_s']:.1f}s ({fmt_rate(rate(rows, run['bare_s']))}) | "
+                f"reclake {run['reclake_s']:.1f}s = ingest {run['ingest_s']:.1f}s "
+                f"+ transform {run['transform_s']:.1f}s "
+                f"({fmt_rate(rate(rows, run['reclake_s']))}) | ratio {run['ratio']:.2f}",
+                flush=True,
+            )
 
         # counts after the clocks stopped: the last repeat's outputs are still on disk
         bare_events = spark.read.parquet(str(work / "bare" / "events")).count()
@@ -222,16 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     met = ratio <= TARGET_RATIO
     print(f"\nmedian over {len(runs)} repeat(s), {rows:,} input rows:")
     print(f"  bare     {med('bare_s'):8.1f}s  {fmt_rate(rate(rows, med('bare_s')))}")
-    print(f"  reclake  {med('reclake_s'):8.1f}s  {fmt_rate(rate(rows, med('reclake_s')))} "
-          f"(ingest {med('ingest_s'):.1f}s, transform {med('transform_s'):.1f}s)")
-    print(f"  ratio reclake / bare = {ratio:.2f}: target <= {TARGET_RATIO} "
-          f"{'MET' if met else 'NOT MET'}")
-    print(f"rows: bare distinct clean events {bare_events:,} | reclake silver "
-          f"{audit['rows_clean_new']:,} (+ {audit['rows_duplicate']:,} duplicates, "
-          f"{audit['rows_quarantined']:,} quarantined, of {audit['rows_in']:,} in) | "
-          f"generator clean {manifest['clean_rows']:,}")
-    print(f"      bare (user, item) pairs {bare_pairs:,} | gold/interactions "
-          f"{gold.get('gold/interactions', 0):,}", flush=True)
+    print(
+        f"  reclake  {med('reclake_s'):8.1f}s  {fmt_rate(rate(rows, med('reclake_s')))} "
+        f"(ingest {med('ingest_s'):.1f}s, transform {med('transform_s'):.1f}s)"
+    )
+    print(
+        f"  ratio reclake / bare = {ratio:.2f}: target <= {TARGET_RATIO} "
+        f"{'MET' if met else 'NOT MET'}"
+    )
+    print(
+        f"rows: bare distinct clean events {bare_events:,} | reclake silver "
+        f"{audit['rows_clean_new']:,} (+ {audit['rows_duplicate']:,} duplicates, "
+        f"{audit['rows_quarantined']:,} quarantined, of {audit['rows_in']:,} in) | "
+        f"generator clean {manifest['clean_rows']:,}"
+    )
+    print(
+        f"      bare (user, item) pairs {bare_pairs:,} | gold/interactions "
+        f"{gold.get('gold/interactions', 0):,}",
+        flush=True,
+    )
 
     result = {
         "events": args.events,
