@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ def test_defaults_are_typed_and_frozen():
     assert cfg.spark.master == "local[2]"
     assert cfg.split.seed == 42 and cfg.split.ratio == 0.75
     assert cfg.confidence.weights["purchase"] == 8.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lake = "x"  # frozen
     with pytest.raises(TypeError):
         cfg.confidence.weights["view"] = 3.0  # read-only mapping
