@@ -131,69 +131,85 @@ def _funnel(viewed: Column, carted: Column, purchased: Column) -> list[Column]:
     ]
 
 
-def build_user_features(events: DataFrame, *, cfg: Config, ref_ts) -> DataFrame:
+def _pair_rollup(interactions: DataFrame, key: str, cfg: Config) -> DataFrame:
+    """Per ``key`` (user_idx or item_idx) totals over gold/interactions rows: counts per
+    behaviour, distinct partners, first/last ts and the funnel's distinct-partner counts."""
+    cnt = {b: F.col(S.count_col(b)) for b in cfg.vocabulary}
+    return interactions.groupBy(key).agg(
+        F.sum("n_events").alias("n_events"),
+        *[F.sum(cnt[b]).alias(f"n_{b}") for b in cfg.vocabulary],
+        F.count(F.lit(1)).alias("_partners"),
+        F.min(S.FIRST_TS).alias(S.FIRST_TS),
+        F.max(S.LAST_TS).alias(S.LAST_TS),
+        F.count(F.when(cnt[S.VIEW] + cnt[S.CLICK] > 0, 1)).alias("_viewed"),
+        F.count(F.when(cnt[S.CART] > 0, 1)).alias("_carted"),
+        F.count(F.when(cnt[S.PURCHASE] > 0, 1)).alias("_bought"),
+        F.sum(F.col(S.RATING) * cnt[S.RATING_B]).alias("_rating_sum"),
+    )
+
+
+def _recency(ref_ts) -> Column:
+    return ((F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.LAST_TS).cast("double"))
+            / SECONDS_PER_DAY).alias("recency_days")
+
+
+def build_user_features(events: DataFrame, *, cfg: Config, ref_ts,
+                        interactions: DataFrame | None = None) -> DataFrame:
     """Per ``user_idx``: ``n_events``, ``n_<b>`` per behaviour, ``distinct_items``,
-    ``distinct_categories``, ``category_entropy``, ``first_ts``, ``last_ts``, ``recency_days``
-    (to ``ref_ts``), ``active_days``, funnel ``view_to_cart``, ``cart_to_purchase``,
-    ``view_to_purchase`` (over distinct items: viewed = view or click events)."""
-    viewed = F.col(S.BEHAVIOR).isin(S.VIEW, S.CLICK)
-    per_user = events.groupBy(S.USER_IDX).agg(
-        F.count(F.lit(1)).alias("n_events"),
-        *[F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(f"n_{b}") for b in cfg.vocabulary],
-        F.countDistinct(S.ITEM_IDX).alias("distinct_items"),
-        F.countDistinct(S.CATEGORY_ID).alias("distinct_categories"),
-        F.min(S.TS).alias(S.FIRST_TS),
-        F.max(S.TS).alias(S.LAST_TS),
-        F.countDistinct(S.EVENT_DATE).alias("active_days"),
-        F.countDistinct(F.when(viewed, F.col(S.ITEM_IDX))).alias("_viewed"),
-        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.CART, F.col(S.ITEM_IDX))).alias("_carted"),
-        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.PURCHASE, F.col(S.ITEM_IDX))).alias("_bought"),
+    ``distinct_categories``, ``category_entropy`` (nats), ``first_ts``, ``last_ts``,
+    ``recency_days`` (to ``ref_ts``), ``active_days``, funnel ``view_to_cart``,
+    ``cart_to_purchase``, ``view_to_purchase`` (over distinct items: viewed = view or click).
+
+    Counts come from gold/interactions (``interactions``; built from ``events`` when None), so
+    only categories and active days need another pass over the events."""
+    if interactions is None:
+        interactions = build_interactions(events, cfg=cfg, ref_ts=ref_ts)
+    per_user = _pair_rollup(interactions, S.USER_IDX, cfg)
+    daily = events.groupBy(S.USER_IDX, S.CATEGORY_ID, S.EVENT_DATE).count()
+    cats = (
+        daily.where(F.col(S.CATEGORY_ID).isNotNull())
+        .groupBy(S.USER_IDX, S.CATEGORY_ID).agg(F.sum("count").cast("double").alias("n"))
+        .groupBy(S.USER_IDX).agg(
+            F.count(F.lit(1)).alias("distinct_categories"),
+            F.collect_list("n").alias("_cats"),
+        )
+        .select(S.USER_IDX, "distinct_categories", _entropy("_cats").alias("category_entropy"))
     )
-    cat = (
-        events.where(F.col(S.CATEGORY_ID).isNotNull())
-        .groupBy(S.USER_IDX, S.CATEGORY_ID).count()
-        .groupBy(S.USER_IDX).agg(F.collect_list(F.col("count").cast("double")).alias("_cats"))
-        .select(S.USER_IDX, _entropy("_cats").alias("category_entropy"))
-    )
-    return per_user.join(cat, S.USER_IDX, "left").select(
+    days = daily.groupBy(S.USER_IDX).agg(F.countDistinct(S.EVENT_DATE).alias("active_days"))
+    return per_user.join(cats, S.USER_IDX, "left").join(days, S.USER_IDX, "left").select(
         S.USER_IDX, "n_events", *[f"n_{b}" for b in cfg.vocabulary],
-        "distinct_items", "distinct_categories",
+        F.col("_partners").alias("distinct_items"),
+        F.coalesce("distinct_categories", F.lit(0)).alias("distinct_categories"),
         F.coalesce("category_entropy", F.lit(0.0)).alias("category_entropy"),
-        S.FIRST_TS, S.LAST_TS,
-        ((F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.LAST_TS).cast("double"))
-         / SECONDS_PER_DAY).alias("recency_days"),
-        "active_days",
+        S.FIRST_TS, S.LAST_TS, _recency(ref_ts), "active_days",
         *_funnel(F.col("_viewed"), F.col("_carted"), F.col("_bought")),
     )
 
 
-def build_item_features(events: DataFrame, *, cfg: Config, ref_ts, n_users: int) -> DataFrame:
+def build_item_features(events: DataFrame, *, cfg: Config, ref_ts, n_users: int,
+                        interactions: DataFrame | None = None) -> DataFrame:
     """Per ``item_idx``: ``category_id`` (most frequent), ``n_events``, ``n_<b>``,
     ``distinct_users``, ``popularity`` (= distinct_users / all users), ``popularity_rank``
     (1 = most popular), ``mean_rating``, ``first_ts``, ``last_ts``, ``recency_days``, funnel
     ``view_to_cart``, ``cart_to_purchase``, ``view_to_purchase`` (over distinct users)."""
-    viewed = F.col(S.BEHAVIOR).isin(S.VIEW, S.CLICK)
-    per_item = events.groupBy(S.ITEM_IDX).agg(
-        F.mode(S.CATEGORY_ID).alias(S.CATEGORY_ID),
-        F.count(F.lit(1)).alias("n_events"),
-        *[F.count(F.when(F.col(S.BEHAVIOR) == b, 1)).alias(f"n_{b}") for b in cfg.vocabulary],
-        F.countDistinct(S.USER_IDX).alias("distinct_users"),
-        F.avg(F.when(F.col(S.BEHAVIOR) == S.RATING_B, F.col(S.VALUE))).alias("mean_rating"),
-        F.min(S.TS).alias(S.FIRST_TS),
-        F.max(S.TS).alias(S.LAST_TS),
-        F.countDistinct(F.when(viewed, F.col(S.USER_IDX))).alias("_viewed"),
-        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.CART, F.col(S.USER_IDX))).alias("_carted"),
-        F.countDistinct(F.when(F.col(S.BEHAVIOR) == S.PURCHASE, F.col(S.USER_IDX))).alias("_bought"),
+    if interactions is None:
+        interactions = build_interactions(events, cfg=cfg, ref_ts=ref_ts)
+    per_item = _pair_rollup(interactions, S.ITEM_IDX, cfg)
+    category = (
+        events.where(F.col(S.CATEGORY_ID).isNotNull())
+        .groupBy(S.ITEM_IDX, S.CATEGORY_ID).count()
+        .groupBy(S.ITEM_IDX)
+        .agg(F.max_by(S.CATEGORY_ID, F.struct("count", S.CATEGORY_ID)).alias(S.CATEGORY_ID))
     )
-    rank_w = Window.orderBy(F.desc("distinct_users"))
-    return per_item.select(
+    rank_w = Window.orderBy(F.desc("_partners"))
+    return per_item.join(category, S.ITEM_IDX, "left").select(
         S.ITEM_IDX, S.CATEGORY_ID, "n_events", *[f"n_{b}" for b in cfg.vocabulary],
-        "distinct_users",
-        (F.col("distinct_users") / F.lit(max(n_users, 1))).alias("popularity"),
+        F.col("_partners").alias("distinct_users"),
+        (F.col("_partners") / F.lit(max(n_users, 1))).alias("popularity"),
         F.dense_rank().over(rank_w).alias("popularity_rank"),
-        "mean_rating", S.FIRST_TS, S.LAST_TS,
-        ((F.lit(ref_ts).cast("timestamp").cast("double") - F.col(S.LAST_TS).cast("double"))
-         / SECONDS_PER_DAY).alias("recency_days"),
+        F.when(F.col(f"n_{S.RATING_B}") > 0, F.col("_rating_sum") / F.col(f"n_{S.RATING_B}"))
+        .alias("mean_rating"),
+        S.FIRST_TS, S.LAST_TS, _recency(ref_ts),
         *_funnel(F.col("_viewed"), F.col("_carted"), F.col("_bought")),
     )
 
@@ -244,11 +260,16 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     n_users = lake.read(spark, L.SILVER_USER_INDEX).count()
     log.info("silver/events: %s events, %s users, latest %s", f"{n_events:,}", f"{n_users:,}", ref_ts)
     counts = {}
+    # features roll up the freshly written gold/interactions instead of re-scanning events
+    def gold_interactions():
+        return lake.read(spark, L.GOLD_INTERACTIONS)
+
     builds = [
         (L.GOLD_INTERACTIONS, lambda: build_interactions(events, cfg=cfg, ref_ts=ref_ts)),
-        (L.GOLD_USER_FEATURES, lambda: build_user_features(events, cfg=cfg, ref_ts=ref_ts)),
-        (L.GOLD_ITEM_FEATURES,
-         lambda: build_item_features(events, cfg=cfg, ref_ts=ref_ts, n_users=n_users)),
+        (L.GOLD_USER_FEATURES, lambda: build_user_features(
+            events, cfg=cfg, ref_ts=ref_ts, interactions=gold_interactions())),
+        (L.GOLD_ITEM_FEATURES, lambda: build_item_features(
+            events, cfg=cfg, ref_ts=ref_ts, n_users=n_users, interactions=gold_interactions())),
         (L.GOLD_SEQUENCES, lambda: build_sequences(events, cfg=cfg)),
     ]
     for table, build in builds:

@@ -67,8 +67,12 @@ def count_fields_quoted(raw: Column, delimiter: str) -> Column:
     """Number of fields of a CSV line, quotes respected (``"x, y"`` is one field)."""
     import re
 
+    delim = re.escape(delimiter)
     unquoted = F.regexp_replace(raw, r'"([^"]|"")*"', "Q")
-    return F.size(F.split(unquoted, re.escape(delimiter), -1))
+    # most lines hold no quote: skip the regex replace for them
+    return F.when(raw.contains('"'), F.size(F.split(unquoted, delim, -1))).otherwise(
+        F.size(F.split(raw, delim, -1))
+    )
 
 
 def split_quoted(raw: Column, delimiter: str, n: int) -> Column:
