@@ -24,6 +24,15 @@ GOLD_ITEM_FEATURES = "gold/item_features"
 GOLD_SEQUENCES = "gold/sequences"
 GOLD_SPLITS = "gold/splits"
 
+# Delta collects min/max statistics on the first 32 columns of every file it writes; on long raw
+# strings that costs as much as the write itself. These tables keep statistics only where
+# queries filter (set when the table is created; ALTER TABLE can change it later).
+STATS_COLUMNS: dict[str, str] = {
+    "bronze/events": "ingest_ts",
+    "quarantine/events": "ingest_ts",
+    "silver/events": "ts,behavior,batch_id",
+}
+
 ALL_TABLES: tuple[str, ...] = (
     BRONZE_EVENTS,
     QUARANTINE_EVENTS,
@@ -92,6 +101,8 @@ class Lake:
             w = w.option("replaceWhere", replace_where)
         if overwrite_schema:
             w = w.option("overwriteSchema", "true")
+        if table in STATS_COLUMNS and not self.exists(df.sparkSession, table):
+            w = w.option("delta.dataSkippingStatsColumns", STATS_COLUMNS[table])
         w.save(self.path(table))
 
     def replace_rows(

@@ -73,12 +73,18 @@ def config_from_namespace(ns: argparse.Namespace):
 
 
 def execute(module, cfg) -> int:
+    """Run a stage; configuration and missing-input problems end with one clear line, exit 2."""
+    stage = module.__name__.rsplit(".", 1)[-1]
     spark = None
-    if getattr(module, "NEEDS_SPARK", True):
-        from common.spark import get_spark
+    try:
+        if getattr(module, "NEEDS_SPARK", True):
+            from common.spark import get_spark
 
-        spark = get_spark(cfg)
-    module.main(spark, cfg)
+            spark = get_spark(cfg)
+        module.main(spark, cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"reclake {stage}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

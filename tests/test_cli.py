@@ -52,3 +52,14 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
 
     pdf = DeltaTable(lake.path(L.GOLD_INTERACTIONS)).to_pandas()
     assert len(pdf) == lake.read(spark, L.GOLD_INTERACTIONS).count() and "confidence" in pdf
+
+
+def test_missing_input_is_a_clear_error(spark, tmp_path: Path):
+    with pytest.raises(SystemExit, match="no input files"):
+        cli.main(["--lake", str(tmp_path / "lake"), "ingest", "--source-format", "taobao",
+                  "--path", str(tmp_path / "nope.csv")])
+
+
+def test_reading_a_table_before_it_exists_names_the_stage(spark, tmp_path: Path, capsys):
+    assert cli.main(["--lake", str(tmp_path / "lake"), "transform"]) == 2
+    assert "silver/events" in capsys.readouterr().err

@@ -162,3 +162,27 @@ def test_incremental_days_and_index_stability(spark, make_cfg, tmp_path: Path):
     again = _ingest(spark, cfg, d1, batch_id="day1-again")
     assert (again["rows_clean_new"], again["rows_duplicate"]) == (0, 3)
     assert lake.read(spark, L.SILVER_EVENTS).count() == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, source_format, extra", [
+    ("taobao", "taobao", {}),
+    ("retailrocket", "retailrocket", {}),
+    ("jsonl", "generic", {"ingest.generic.format": "jsonl"}),
+    ("parquet", "generic", {"ingest.generic.format": "parquet"}),
+])
+def test_conservation_in_every_generated_format(spark, make_cfg, tmp_path: Path, fmt,
+                                                source_format, extra):
+    cfg = make_cfg(**{"generate.events": 3000, "generate.users": 150, "generate.items": 200,
+                      "generate.dirty_rate": 0.03, "generate.out": str(tmp_path / "gen"),
+                      "generate.formats": [fmt], **extra})
+    generate.main(None, cfg)
+    manifest = json.loads((tmp_path / "gen" / fmt / "_manifest.json").read_text())
+    audit = _ingest(spark, cfg, tmp_path / "gen" / fmt, fmt=source_format)
+    assert audit["rows_in"] == manifest["rows"]
+    assert audit["rows_quarantined"] == manifest["dirty"]
+    assert audit["rows_duplicate"] == manifest["duplicates"]
+    assert audit["rows_clean_new"] == manifest["clean_rows"]
+    silver = Lake(cfg.lake).read(spark, L.SILVER_EVENTS)
+    got = {r[0]: r[1] for r in silver.groupBy(S.BEHAVIOR).count().collect()}
+    assert got == {b: n for b, n in manifest["behaviors"].items() if n}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.config import ConfigError
 from jobs.sources.generic import read_generic
 from jobs.sources.lastfm import read_lastfm_hetrec
 from jobs.sources.movielens import read_movielens_100k, read_movielens_csv, read_movielens_dat
@@ -25,6 +26,6 @@ def get_reader(name: str):
     try:
         return READERS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown source format '{name}'; choose one of {sorted(READERS)}"
         ) from None

@@ -11,7 +11,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common import schema as S
-from common.config import Config
+from common.config import Config, ConfigError
 from jobs.sources.base import (
     SourceSpec,
     count_fields_quoted,
@@ -31,7 +31,7 @@ def _default_behavior(cfg: Config, mapping: dict) -> dict:
     g = cfg.ingest.generic
     if S.BEHAVIOR not in g.columns:
         if not g.default_behavior:
-            raise ValueError(
+            raise ConfigError(
                 "ingest.generic.columns maps no 'behavior' column: set "
                 "ingest.generic.default_behavior (e.g. 'view')"
             )
@@ -43,13 +43,13 @@ def _check_mapping(cfg: Config, available: list[str]) -> None:
     cols = cfg.ingest.generic.columns
     unknown = sorted(set(cols) - set(S.RAW_FIELDS))
     if unknown:
-        raise ValueError(f"ingest.generic.columns: unknown canonical field(s) {unknown}")
+        raise ConfigError(f"ingest.generic.columns: unknown canonical field(s) {unknown}")
     for need in (S.USER_ID, S.ITEM_ID):
         if need not in cols:
-            raise ValueError(f"ingest.generic.columns must map '{need}'")
+            raise ConfigError(f"ingest.generic.columns must map '{need}'")
     missing = sorted(src for src in cols.values() if src not in available)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"ingest.generic.columns names column(s) {missing} that the input lacks; "
             f"input columns: {available}"
         )
@@ -63,7 +63,7 @@ def read_generic(spark: SparkSession, path: str, cfg: Config) -> tuple[DataFrame
         return _read_jsonl(spark, path, cfg)
     if fmt == "parquet":
         return _read_parquet(spark, path, cfg)
-    raise ValueError(f"ingest.generic.format must be csv|jsonl|parquet, got {fmt!r}")
+    raise ConfigError(f"ingest.generic.format must be csv|jsonl|parquet, got {fmt!r}")
 
 
 def _read_csv(spark, path, cfg):
@@ -72,7 +72,7 @@ def _read_csv(spark, path, cfg):
     if g.header:
         head = lines.select(S.RAW).limit(1).collect()
         if not head:
-            raise ValueError(f"no lines under {path}")
+            raise FileNotFoundError(f"no lines under {path}")
         header_line = head[0][S.RAW]
         names = [h.strip().strip('"') for h in header_line.split(g.delimiter)]
         lines = lines.where(F.col(S.RAW) != header_line)
@@ -81,7 +81,7 @@ def _read_csv(spark, path, cfg):
         try:
             width = max(int(v) for v in g.columns.values()) + 1
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 "ingest.generic.header is false: map fields to column positions, e.g. user_id: '0'"
             ) from None
         names = [str(i) for i in range(width)]
