@@ -169,17 +169,15 @@ def standardize_events(
         F.array(*[F.when(F.coalesce(cond, F.lit(False)), F.lit(code)) for cond, code in checks]),
         lambda r: r.isNotNull(),
     )
-    hashed = F.md5(
-        F.concat_ws(
-            "\u001f",
-            F.lit(spec.name),
-            F.col(S.USER_ID),
-            F.col(S.ITEM_ID),
-            F.col("_behavior"),
-            F.unix_micros(F.col("_ts")).cast("string"),
-            F.coalesce(F.col("_value").cast("string"), F.lit("")),
-            F.coalesce(F.col(S.SESSION_ID), F.lit("")),
-        )
+    # 128-bit content id: two seeded 64-bit xxhashes over the typed fields (hashing typed values
+    # avoids formatting doubles and timestamps as strings, which cost as much as the rest of
+    # standardisation). Null fields are skipped by the hash; user, item, behaviour and ts of a
+    # clean row are never null.
+    id_cols = [F.lit(spec.name), F.col(S.USER_ID), F.col(S.ITEM_ID), F.col("_behavior"),
+               F.col("_ts"), F.col("_value"), F.col(S.SESSION_ID)]
+    hashed = F.concat(
+        F.lpad(F.hex(F.xxhash64(*id_cols)), 16, "0"),
+        F.lpad(F.hex(F.xxhash64(F.lit("reclake.event_id"), *id_cols)), 16, "0"),
     )
     keep = [c for c in raw.columns if c not in S.RAW_FIELDS and c != S.N_FIELDS]
     if keep_raw_fields:
