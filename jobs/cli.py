@@ -3,7 +3,7 @@
     reclake [--lake PATH] [--config FILE] [--master URL] [--set key=value ...] STAGE [stage flags]
 
 Every stage is also ``spark-submit jobs/<stage>.py [same flags]``: each stage module ends with
-``run_module(__name__)``-style ``if __name__ == "__main__": run_stage("<stage>")``.
+``if __name__ == "__main__": sys.exit(run_stage("<stage>"))``.
 
 A stage module provides ``add_arguments(parser)`` whose arguments use a dotted config key as
 ``dest`` (``dest="generate.users"``) so a flag is nothing but a config override, and

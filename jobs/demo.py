@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", dest="generate.events", type=int, default=None,
                    help="events to generate (default 100000)")
     p.add_argument("--dirty-rate", dest="generate.dirty_rate", type=float, default=None,
-                   help="share of bad rows and of exact duplicates to inject (default 0.01)")
+                   help="share of bad rows and of exact duplicates to inject; the demo uses "
+                        "0.01 when this is 0 or unset, so quarantine has something to show")
     p.add_argument("--out", dest="generate.out", default=None, help="where generated files go")
 
 

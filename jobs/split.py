@@ -143,8 +143,11 @@ def mark_cold(split_df: DataFrame) -> DataFrame:
     ).drop("_wu", "_wi")
 
 
-def build_splits(spark: SparkSession, lake: Lake, *, cfg: Config) -> tuple[DataFrame, dict]:
-    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS``) and counts."""
+def build_splits(
+    spark: SparkSession, lake: Lake, *, cfg: Config
+) -> tuple[DataFrame, dict, DataFrame]:
+    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS``), counts per split
+    and cold kind, and the cached intermediate to unpersist once the rows are written."""
     protocol = cfg.split.protocol
     info: dict = {}
     if protocol == "temporal":
@@ -156,21 +159,24 @@ def build_splits(spark: SparkSession, lake: Lake, *, cfg: Config) -> tuple[DataF
         inter = lake.read(spark, L.GOLD_INTERACTIONS)
         splitter = split_stratified if protocol == "stratified" else split_leave_last_out
         df = splitter(inter, cfg=cfg)
-    df = mark_cold(df).cache()
-    counts = df.groupBy(S.SPLIT, "cold_user", "cold_item").count().collect()
+    marked = mark_cold(df).cache()
+    counts = marked.groupBy(S.SPLIT, "cold_user", "cold_item").count().collect()
     for r in counts:
         info[f"rows_{r[S.SPLIT]}"] = info.get(f"rows_{r[S.SPLIT]}", 0) + r["count"]
         if r["cold_user"]:
             info[f"cold_user_{r[S.SPLIT]}"] = info.get(f"cold_user_{r[S.SPLIT]}", 0) + r["count"]
         if r["cold_item"]:
             info[f"cold_item_{r[S.SPLIT]}"] = info.get(f"cold_item_{r[S.SPLIT]}", 0) + r["count"]
+        if cfg.split.cold == "drop" and (r["cold_user"] or r["cold_item"]):
+            info["dropped_cold"] = info.get("dropped_cold", 0) + r["count"]
+    df = marked
     if cfg.split.cold == "drop":
         df = df.where(~F.col("cold_user") & ~F.col("cold_item"))
     out = df.select(
         F.lit(protocol).alias(S.PROTOCOL), S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
         F.col(S.LAST_TS).alias(S.TS),
     )
-    return out, info
+    return out, info, marked
 
 
 def main(spark: SparkSession, cfg: Config) -> dict:
@@ -178,9 +184,10 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     protocol = cfg.split.protocol
     t0 = time.perf_counter()
     with timed(log, f"gold/splits protocol={protocol}") as info:
-        out, counts = build_splits(spark, lake, cfg=cfg)
+        out, counts, cached = build_splits(spark, lake, cfg=cfg)
         lake.replace_rows(out, L.GOLD_SPLITS, f"{S.PROTOCOL} = {quote(protocol)}",
                           partition_by=[S.PROTOCOL])
+        cached.unpersist()
         info.update(counts)
     cold = {k: v for k, v in counts.items() if k.startswith("cold_")}
     if cold:
