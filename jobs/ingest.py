@@ -40,6 +40,7 @@ log = get_logger("ingest")
 _MAX_EPOCH_S = 9.0e12
 _MAX_EPOCH_MS = 9.0e15
 _REPLACEMENT_CHAR = "\ufffd"
+BROADCAST_DUP_IDS = 500_000  # more repeated ids than this: deduplicate with a full shuffle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -204,10 +205,29 @@ def build_quarantine_events(std: DataFrame) -> DataFrame:
     )
 
 
-def build_silver_events(std: DataFrame) -> DataFrame:
-    """Clean rows, one per ``event_id`` (columns of ``schema.SILVER_SCHEMA``)."""
-    clean = std.where(F.size(S.REASONS) == 0)
-    return clean.dropDuplicates([S.EVENT_ID]).select(*[f.name for f in S.SILVER_SCHEMA.fields])
+def clean_events(std: DataFrame) -> DataFrame:
+    """Standardised rows without any reason code."""
+    return std.where(F.size(S.REASONS) == 0)
+
+
+def duplicate_event_ids(clean: DataFrame) -> DataFrame:
+    """``event_id`` of every id that occurs more than once (a narrow shuffle of ids only)."""
+    return clean.groupBy(S.EVENT_ID).count().where(F.col("count") > 1).select(S.EVENT_ID)
+
+
+def build_silver_events(clean: DataFrame, dup_ids: DataFrame | None = None) -> DataFrame:
+    """Clean rows, one per ``event_id`` (columns of ``schema.SILVER_SCHEMA``).
+
+    With ``dup_ids`` (small: the output of ``duplicate_event_ids``), only rows with those ids
+    are shuffled to deduplicate; all others pass straight through. That avoids shuffling every
+    wide row (raw line included) for the usual batch where duplicates are rare."""
+    cols = [f.name for f in S.SILVER_SCHEMA.fields]
+    if dup_ids is None:
+        return clean.dropDuplicates([S.EVENT_ID]).select(*cols)
+    ids = F.broadcast(dup_ids)
+    unique = clean.join(ids, S.EVENT_ID, "left_anti")
+    repeated = clean.join(ids, S.EVENT_ID, "left_semi").dropDuplicates([S.EVENT_ID])
+    return unique.select(*cols).unionByName(repeated.select(*cols))
 
 
 def assign_new_indices(ids: DataFrame, existing: DataFrame, *, id_col: str, idx_col: str,
@@ -336,7 +356,11 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
     }
 
     with timed(log, "silver/events") as info:
-        silver = build_silver_events(std)
+        clean = clean_events(std)
+        dup_ids = duplicate_event_ids(clean).cache()
+        n_dup_ids = dup_ids.count()
+        # broadcast the repeated ids when they are few; else one full deduplicating shuffle
+        silver = build_silver_events(clean, dup_ids if n_dup_ids <= BROADCAST_DUP_IDS else None)
         before = lake.version(spark, L.SILVER_EVENTS)
         if before >= 0:
             if ic.force:
@@ -349,6 +373,7 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
         else:
             lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
             new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numOutputRows", 0)
+        dup_ids.unpersist()
         info["new"] = new
 
     with timed(log, "silver/user_index, silver/item_index") as info:

@@ -8,6 +8,7 @@ once, for every format alike, in ``jobs.ingest.standardize_events``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -71,8 +72,6 @@ def split_plain(raw: Column, delimiter_regex: str) -> Column:
 
 def count_fields_quoted(raw: Column, delimiter: str) -> Column:
     """Number of fields of a CSV line, quotes respected (``"x, y"`` is one field)."""
-    import re
-
     delim = re.escape(delimiter)
     unquoted = F.regexp_replace(raw, r'"([^"]|"")*"', "Q")
     # most lines hold no quote: skip the regex replace for them
@@ -82,10 +81,13 @@ def count_fields_quoted(raw: Column, delimiter: str) -> Column:
 
 
 def split_quoted(raw: Column, delimiter: str, n: int) -> Column:
-    """The first ``n`` fields of a CSV line as an array, quotes respected."""
+    """The fields of a CSV line as an array (at least the first ``n``), quotes respected."""
     ddl = ", ".join(f"f{i} string" for i in range(n))
     parsed = F.from_csv(raw, ddl, {"sep": delimiter, "nullValue": _NEVER, "mode": "PERMISSIVE"})
-    return F.array(*[parsed[f"f{i}"] for i in range(n)])
+    # the CSV parser only where a quote needs it: a plain split is several times cheaper
+    return F.when(raw.contains('"'), F.array(*[parsed[f"f{i}"] for i in range(n)])).otherwise(
+        F.split(raw, re.escape(delimiter), -1)
+    )
 
 
 def fields_to_raw(
