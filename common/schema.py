@@ -90,10 +90,10 @@ RAW_FIELDS: tuple[str, ...] = (
 )
 N_FIELDS = "n_fields"  # fields found on the raw line; -1 when the reader could not parse it
 
+# bronze keeps the raw line as read (a Parquet source's row as JSON) and its lineage; the parsed
+# fields are derived from it and would double the bytes written
 BRONZE_SCHEMA = T.StructType(
-    [T.StructField(c, T.StringType()) for c in RAW_FIELDS]
-    + [
-        T.StructField(N_FIELDS, T.IntegerType()),
+    [
         T.StructField(RAW, T.StringType()),
         T.StructField(SOURCE, T.StringType()),
         T.StructField(SOURCE_FILE, T.StringType()),

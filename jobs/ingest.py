@@ -113,17 +113,13 @@ def _ts_bound(value: str | None, default: datetime) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
-def standardize_events(
-    raw: DataFrame, *, spec: SourceSpec, cfg: Config, keep_raw_fields: bool = False
-) -> DataFrame:
+def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> DataFrame:
     """Type and validate raw fields.
 
     In: the raw-field columns of ``schema.RAW_FIELDS`` (strings), ``n_fields``, ``raw`` and the
     bronze lineage columns. Out: canonical columns (``event_id``, ``user_id``, ``item_id``,
     ``behavior`` canonical, ``value`` double, ``ts`` UTC timestamp, ``session_id``,
     ``category_id``, ``event_date``) plus ``reasons``: array of reason codes, empty when clean.
-    With ``keep_raw_fields`` the raw strings stay too, prefixed ``raw_`` (bronze is written from
-    them).
     """
     S.require_columns(raw, *S.RAW_FIELDS, S.N_FIELDS, S.RAW, where="standardize_events")
     ic = cfg.ingest
@@ -181,8 +177,6 @@ def standardize_events(
         F.lpad(F.hex(F.xxhash64(F.lit("reclake.event_id"), *id_cols)), 16, "0"),
     )
     keep = [c for c in raw.columns if c not in S.RAW_FIELDS and c != S.N_FIELDS]
-    if keep_raw_fields:
-        keep += [F.col(c).alias(f"raw_{c}") for c in (*S.RAW_FIELDS, S.N_FIELDS)]
     return df.select(
         F.coalesce(F.col(S.EVENT_ID), hashed).alias(S.EVENT_ID),
         S.USER_ID,
@@ -310,16 +304,14 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
     ingest_ts = datetime.now(timezone.utc).replace(tzinfo=None)
 
     raw, spec = reader(spark, ic.path, cfg)
-    bronze = raw.select(
+    lineage = raw.select(
         *S.RAW_FIELDS, S.N_FIELDS, S.RAW,
         F.lit(spec.name).alias(S.SOURCE), S.SOURCE_FILE,
         F.lit(batch_id).alias(S.BATCH_ID), F.lit(ingest_ts).cast(T.TimestampType()).alias(S.INGEST_TS),
     )
-    # One parse of the input: the standardised rows (raw fields kept alongside) are cached, and
-    # bronze, quarantine and silver are all written from that cache.
-    std = standardize_events(bronze, spec=spec, cfg=cfg, keep_raw_fields=True).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    # One parse of the input: the standardised rows are cached, and bronze, quarantine and
+    # silver are all written from that cache.
+    std = standardize_events(lineage, spec=spec, cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         return _write_batch(spark, lake, cfg, std, spec, batch_id, t_start)
     finally:
@@ -332,10 +324,7 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
     batch_pred = f"{S.BATCH_ID} = {quote(batch_id)}"
     with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
         before = lake.version(spark, L.BRONZE_EVENTS)
-        bronze = std.select(
-            *[F.col(f"raw_{c}").alias(c) for c in (*S.RAW_FIELDS, S.N_FIELDS)],
-            S.RAW, S.SOURCE, S.SOURCE_FILE, S.BATCH_ID, S.INGEST_TS,
-        )
+        bronze = std.select(*[f.name for f in S.BRONZE_SCHEMA.fields])
         lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
         rows_in = lake.last_metrics(spark, L.BRONZE_EVENTS, before).get("numOutputRows", 0)
         info["rows"] = rows_in
