@@ -234,6 +234,12 @@ def assign_new_indices(ids: DataFrame, existing: DataFrame, *, id_col: str, idx_
     return new.select(id_col, (F.row_number().over(w) + F.lit(start - 1)).cast("int").alias(idx_col))
 
 
+def next_index(existing: DataFrame, idx_col: str) -> int:
+    """The first free index: max + 1, or 0 for an empty index."""
+    top = existing.agg(F.max(idx_col)).first()[0]
+    return 0 if top is None else top + 1
+
+
 # --- I/O -------------------------------------------------------------------------------------------
 
 
@@ -277,8 +283,8 @@ def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: st
     """Append indices for ids first seen in ``clean``; returns how many were added."""
     schema = S.INDEX_SCHEMA[idx_col]
     existing = lake.read_or_empty(spark, table, schema)
-    start = (existing.agg(F.max(idx_col)).first()[0] or -1) + 1
-    new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col, start=start)
+    new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col,
+                             start=next_index(existing, idx_col))
     before = lake.version(spark, table)
     lake.write(new.coalesce(1), table, mode="append")
     return lake.last_metrics(spark, table, before).get("numOutputRows", 0)

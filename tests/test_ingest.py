@@ -78,6 +78,15 @@ def test_event_id_is_deterministic_and_content_based(spark, make_cfg):
     assert out["d"] == "given"
 
 
+def test_next_index_and_assignment(spark):
+    existing = spark.createDataFrame([("a", 0)], "user_id string, user_idx int")
+    assert ingest.next_index(existing, S.USER_IDX) == 1  # a lone index 0 is taken
+    assert ingest.next_index(existing.limit(0), S.USER_IDX) == 0
+    ids = spark.createDataFrame([("c",), ("a",), ("b",), ("c",)], "user_id string")
+    new = ingest.assign_new_indices(ids, existing, id_col=S.USER_ID, idx_col=S.USER_IDX, start=1)
+    assert sorted(tuple(r) for r in new.collect()) == [("b", 1), ("c", 2)]
+
+
 def _ingest(spark, cfg, path, fmt="generic", **more):
     import dataclasses
 
