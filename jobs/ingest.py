@@ -374,10 +374,9 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
     with timed(log, "silver/user_index, silver/item_index") as info:
         # every clean id of the batch is in silver now (inserted here or earlier), so the cached
         # clean rows give the same ids as re-reading silver, without the read
-        batch_clean = clean
-        info["new_users"] = update_index(spark, lake, batch_clean, table=L.SILVER_USER_INDEX,
+        info["new_users"] = update_index(spark, lake, clean, table=L.SILVER_USER_INDEX,
                                          id_col=S.USER_ID, idx_col=S.USER_IDX)
-        info["new_items"] = update_index(spark, lake, batch_clean, table=L.SILVER_ITEM_INDEX,
+        info["new_items"] = update_index(spark, lake, clean, table=L.SILVER_ITEM_INDEX,
                                          id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
 
     duplicate = rows_in - quarantined - new
