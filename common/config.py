@@ -144,6 +144,51 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Which model run a model / evaluation stage works on."""
+
+    model: str = "als"  # als | popularity
+    run_id: str | None = None  # default: generated (<model>-<UTC time>-<random>) and printed
+    dataset: str | None = None  # label in metrics/evaluation; default ingest.source_format
+
+
+@dataclass(frozen=True)
+class AlsConfig:
+    """Spark MLlib ALS (implicitPrefs=True) on the train split's ``confidence``."""
+
+    rank: int = 64
+    max_iter: int = 10
+    reg_param: float = 0.1  # scaled by each user's / item's interaction count (ALS-WR)
+    alpha: float = 1.0  # c = 1 + alpha * confidence
+    nonnegative: bool = False
+    seed: int = 42
+    num_user_blocks: int = 10
+    num_item_blocks: int = 10
+    checkpoint_interval: int = 10  # always checkpointed: long lineage overflows the stack
+    save_model: bool = True  # also save the Spark ML model under models/als_model/<run_id>
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """Top-K recommendations for every user with factors, seen items excluded."""
+
+    k: int = 10
+    exclude_seen: bool = True  # drop items the user has in the train split
+    user_batch: int = 2048  # users scored per matrix product
+    item_block: int = 32768  # items per score block: memory ~ user_batch * item_block * 4 bytes
+    broadcast_max_mb: float = 256.0  # item factors broadcast up to this size, else item-blocked
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: tuple[int, ...] = (10,)
+    # all: every test pair is relevant; a behaviour name (e.g. purchase): only test pairs with at
+    # least one event of that behaviour
+    target: str = "all"
+    compare_published: bool = False  # print MS Recommenders' published ML-100K figures beside
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -153,6 +198,10 @@ class Config:
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    als: AlsConfig = field(default_factory=AlsConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -319,6 +368,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"split.cold must be drop|keep, got {cfg.split.cold!r}")
     if cfg.sequences.max_len < 1:
         raise ConfigError("sequences.max_len must be >= 1")
+    if cfg.run.model not in ("als", "popularity"):
+        raise ConfigError(f"run.model must be als|popularity, got {cfg.run.model!r}")
+    for key in ("rank", "max_iter", "num_user_blocks", "num_item_blocks", "checkpoint_interval"):
+        if getattr(cfg.als, key) < 1:
+            raise ConfigError(f"als.{key} must be >= 1, got {getattr(cfg.als, key)}")
+    if cfg.als.reg_param < 0 or cfg.als.alpha < 0:
+        raise ConfigError("als.reg_param and als.alpha must be >= 0")
+    for key in ("k", "user_batch", "item_block"):
+        if getattr(cfg.recommend, key) < 1:
+            raise ConfigError(f"recommend.{key} must be >= 1, got {getattr(cfg.recommend, key)}")
+    if not cfg.evaluate.k or min(cfg.evaluate.k) < 1:
+        raise ConfigError(f"evaluate.k must be a non-empty list of ints >= 1, got {cfg.evaluate.k}")
+    if cfg.evaluate.target != "all" and cfg.evaluate.target not in vocab:
+        raise ConfigError(
+            f"evaluate.target must be 'all' or a known behaviour {sorted(vocab)}, "
+            f"got {cfg.evaluate.target!r}"
+        )
 
 
 def to_dict(cfg: Config) -> dict:

@@ -23,6 +23,13 @@ GOLD_USER_FEATURES = "gold/user_features"
 GOLD_ITEM_FEATURES = "gold/item_features"
 GOLD_SEQUENCES = "gold/sequences"
 GOLD_SPLITS = "gold/splits"
+GOLD_RECOMMENDATIONS = "gold/recommendations"
+MODELS_ALS_USER_FACTORS = "models/als_user_factors"
+MODELS_ALS_ITEM_FACTORS = "models/als_item_factors"
+MODELS_RUNS = "models/runs"
+METRICS_EVALUATION = "metrics/evaluation"
+# not a Delta table: the Spark ML ALSModel of a run is saved under <this>/<run_id>
+MODELS_ALS_MODEL = "models/als_model"
 
 # Delta collects min/max statistics on the first 32 columns of every file it writes; on long raw
 # strings that costs as much as the write itself. These tables keep statistics only where
@@ -45,6 +52,11 @@ ALL_TABLES: tuple[str, ...] = (
     GOLD_ITEM_FEATURES,
     GOLD_SEQUENCES,
     GOLD_SPLITS,
+    GOLD_RECOMMENDATIONS,
+    MODELS_ALS_USER_FACTORS,
+    MODELS_ALS_ITEM_FACTORS,
+    MODELS_RUNS,
+    METRICS_EVALUATION,
 )
 
 
@@ -90,6 +102,7 @@ class Lake:
         partition_by: Iterable[str] = (),
         replace_where: str | None = None,
         overwrite_schema: bool = False,
+        merge_schema: bool = False,
     ) -> None:
         """Write a Delta table. ``replace_where`` atomically replaces only the matching rows
         (how re-runs of one batch / protocol / run replace their rows instead of duplicating)."""
@@ -101,17 +114,26 @@ class Lake:
             w = w.option("replaceWhere", replace_where)
         if overwrite_schema:
             w = w.option("overwriteSchema", "true")
+        if merge_schema:
+            w = w.option("mergeSchema", "true")
         if table in STATS_COLUMNS and not self.exists(df.sparkSession, table):
             w = w.option("delta.dataSkippingStatsColumns", STATS_COLUMNS[table])
         w.save(self.path(table))
 
     def replace_rows(
-        self, df: DataFrame, table: str, where: str, *, partition_by: Iterable[str] = ()
+        self,
+        df: DataFrame,
+        table: str,
+        where: str,
+        *,
+        partition_by: Iterable[str] = (),
+        merge_schema: bool = False,
     ) -> None:
         """Atomically replace the rows matching ``where`` with ``df`` (creating the table on first
-        write). How a re-run of one batch / protocol / run replaces its rows, never duplicates."""
+        write). How a re-run of one batch / protocol / run replaces its rows, never duplicates.
+        ``merge_schema`` lets new columns in (a table written by an older version)."""
         if self.exists(df.sparkSession, table):
-            self.write(df, table, mode="overwrite", replace_where=where)
+            self.write(df, table, mode="overwrite", replace_where=where, merge_schema=merge_schema)
         else:
             self.write(df, table, mode="append", partition_by=partition_by)
 

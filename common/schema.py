@@ -40,6 +40,19 @@ RATING = "rating"
 PROTOCOL = "protocol"
 SPLIT = "split"
 
+# --- models, recommendations, evaluation ------------------------------------------------------------
+RUN_ID = "run_id"
+MODEL = "model"
+IDX = "idx"
+FACTORS = "factors"
+RANK = "rank"
+SCORE = "score"
+DATASET = "dataset"
+TARGET = "target"
+K = "k"
+METRIC = "metric"
+CREATED_AT = "created_at"
+
 # --- behaviour vocabulary -----------------------------------------------------------------------
 VIEW, CLICK, CART, FAV, PURCHASE, RATING_B = "view", "click", "cart", "fav", "purchase", "rating"
 CANONICAL_BEHAVIORS: tuple[str, ...] = (VIEW, CLICK, CART, FAV, PURCHASE, RATING_B)
@@ -162,6 +175,42 @@ INDEX_SCHEMA = {
 }
 
 SPLIT_COLUMNS: tuple[str, ...] = (PROTOCOL, SPLIT, USER_IDX, ITEM_IDX, CONFIDENCE, TS)
+# gold/splits also carries cnt_<b> and conf_<b> for every behaviour of the vocabulary, so a
+# purchase-only target and the influence job's per-behaviour split need no other table.
+
+RECOMMENDATIONS_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(MODEL, T.StringType(), False),
+        T.StructField(PROTOCOL, T.StringType(), False),
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType(), False),
+        T.StructField(SCORE, T.DoubleType(), False),
+    ]
+)
+
+FACTORS_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(IDX, T.IntegerType(), False),
+        T.StructField(FACTORS, T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
+EVALUATION_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(MODEL, T.StringType(), False),
+        T.StructField(DATASET, T.StringType()),
+        T.StructField(PROTOCOL, T.StringType(), False),
+        T.StructField(TARGET, T.StringType(), False),
+        T.StructField(K, T.IntegerType(), False),
+        T.StructField(METRIC, T.StringType(), False),
+        T.StructField(VALUE, T.DoubleType()),
+        T.StructField(CREATED_AT, T.TimestampType(), False),
+    ]
+)
 
 
 def require_columns(df, *cols: str, where: str = "") -> None:

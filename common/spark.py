@@ -7,6 +7,7 @@ the submitter and every ``spark.conf`` entry of the config passes through verbat
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def get_spark(cfg: Config) -> SparkSession:
         from delta import configure_spark_with_delta_pip
 
         builder = configure_spark_with_delta_pip(builder)
+    if (sc.master or "").startswith("local") and not submitted:
+        # local Python workers are forked from this process's environment; the conf alone is
+        # not read for them, and the system interpreter lacks numpy / pandas
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(sc.log_level)
     ckpt = sc.checkpoint_dir or str(Path(cfg.lake) / "_checkpoints")

@@ -24,6 +24,8 @@ STAGES: dict[str, str] = {
     "ingest": "jobs.ingest",
     "transform": "jobs.transform",
     "split": "jobs.split",
+    "als": "jobs.als",
+    "evaluate": "jobs.evaluate",
     "demo": "jobs.demo",
 }
 

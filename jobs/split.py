@@ -146,7 +146,8 @@ def mark_cold(split_df: DataFrame) -> DataFrame:
 def build_splits(
     spark: SparkSession, lake: Lake, *, cfg: Config
 ) -> tuple[DataFrame, dict, DataFrame]:
-    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS``), counts per split
+    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS`` plus ``cnt_<b>`` and
+    ``conf_<b>`` of every behaviour), counts per split
     and cold kind, and the cached intermediate to unpersist once the rows are written."""
     protocol = cfg.split.protocol
     info: dict = {}
@@ -175,6 +176,7 @@ def build_splits(
     out = df.select(
         F.lit(protocol).alias(S.PROTOCOL), S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
         F.col(S.LAST_TS).alias(S.TS),
+        *[S.count_col(b) for b in cfg.vocabulary], *[S.conf_col(b) for b in cfg.vocabulary],
     )
     return out, info, marked
 
@@ -186,7 +188,7 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     with timed(log, f"gold/splits protocol={protocol}") as info:
         out, counts, cached = build_splits(spark, lake, cfg=cfg)
         lake.replace_rows(out, L.GOLD_SPLITS, f"{S.PROTOCOL} = {quote(protocol)}",
-                          partition_by=[S.PROTOCOL])
+                          partition_by=[S.PROTOCOL], merge_schema=True)
         cached.unpersist()
         info.update(counts)
     cold = {k: v for k, v in counts.items() if k.startswith("cold_")}

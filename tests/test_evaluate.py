@@ -1,0 +1,194 @@
+"""Spark evaluation against the reference (common/metrics.py), and the evaluate stage end to end."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import numpy as np
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from common import lake as L
+from common import metrics as M
+from common import schema as S
+from common.config import ConfigError
+from common.lake import Lake
+from jobs import evaluate as E
+
+pytestmark = pytest.mark.spark
+
+KS = (1, 5, 10)
+N_ITEMS, N_TRAIN_ITEMS = 40, 35  # items 35..39 never appear in train
+
+
+def random_case(seed: int):
+    """Scores from five values (ties everywhere); users of every kind the metrics must handle."""
+    rng = np.random.default_rng(seed)
+    scores, truth, train = {}, {}, {}
+    for u in range(60):
+        n_recs = {0: 0, 1: 3}.get(u % 6, 15)  # no list / a list shorter than K=5, 10 / longer
+        if n_recs:
+            items = rng.choice(N_ITEMS, size=n_recs, replace=False)
+            values = rng.choice([0.1, 0.2, 0.3, 0.4, 0.5], size=n_recs)
+            scores[u] = [(int(i), float(s)) for i, s in zip(items, values)]
+        if u % 5 != 2:  # every fifth user has no test items
+            n = int(rng.integers(1, 9))
+            truth[u] = {int(i) for i in rng.choice(N_ITEMS, size=n, replace=False)}
+        if u % 7 != 3:
+            n = int(rng.integers(1, 12))
+            train[u] = {int(i) for i in rng.choice(N_TRAIN_ITEMS, size=n, replace=False)}
+    return scores, truth, train
+
+
+def pairs_df(spark, sets: dict[int, set[int]], extra=()):
+    rows = [(u, i) for u, items in sets.items() for i in sorted(items)] + list(extra)
+    return spark.createDataFrame(rows, "user_idx int, item_idx int")
+
+
+def assert_close(got: dict[str, float], want: dict[str, float], what: str) -> None:
+    assert set(got) == set(want), what
+    for m, v in want.items():
+        if math.isnan(v):
+            assert math.isnan(got[m]), f"{what} {m}"
+        else:
+            assert got[m] == pytest.approx(v, rel=0, abs=1e-9), f"{what} {m}: {got[m]} != {v}"
+
+
+@pytest.mark.parametrize("seed", [7, 2024])
+def test_spark_matches_reference_on_random_data(spark, seed):
+    scores, truth, train = random_case(seed)
+    score_df = spark.createDataFrame(
+        [(u, i, s) for u, pairs in scores.items() for i, s in pairs],
+        "user_idx int, item_idx int, score double",
+    )
+    ranked = E.rank_by_score(score_df).cache()
+    ref_lists = M.rank_by_score(scores)
+    got_lists: dict[int, list[tuple[int, int]]] = {}
+    for r in ranked.collect():
+        got_lists.setdefault(r.user_idx, []).append((r.rank, r.item_idx))
+    assert {u: [i for _, i in sorted(v)] for u, v in got_lists.items()} == ref_lists
+
+    # a repeated truth row must not count twice (the reference takes sets)
+    first = next(iter(truth))
+    truth_df = pairs_df(spark, truth, extra=[(first, next(iter(truth[first])))])
+    ranking = E.ranking_metrics(ranked, truth_df, ks=KS)
+    catalogue = E.catalogue_metrics(ranked, pairs_df(spark, train), ks=KS)
+    for k in KS:
+        want = M.ranking_metrics(ref_lists, truth, k)
+        assert want["users_evaluated"] > 0 and want["users_truth_no_recs"] > 0
+        assert want["users_recs_no_truth"] > 0
+        assert_close(ranking[k], want, f"ranking k={k}")
+        assert_close(catalogue[k], M.catalogue_metrics(ref_lists, train, k), f"catalogue k={k}")
+    ranked.unpersist()
+
+
+def test_no_evaluated_user_gives_nan(spark):
+    recs = spark.createDataFrame([(0, 1, 1)], "user_idx int, item_idx int, rank int")
+    got = E.ranking_metrics(recs, pairs_df(spark, {1: {1}}), ks=[10])[10]
+    assert_close(got, M.ranking_metrics({0: [1]}, {1: {1}}, 10), "no evaluated user")
+    assert got["users_truth_no_recs"] == 1 and got["users_recs_no_truth"] == 1
+
+
+# --- the stage on a tiny lake ------------------------------------------------------------------
+
+T0 = datetime(2024, 1, 1)
+SPLITS_DDL = ("protocol string, split string, user_idx int, item_idx int, confidence double, "
+              "ts timestamp, cnt_view long, cnt_purchase long")
+TRAIN_PAIRS = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 0), (2, 3), (3, 4)]
+# (user, item, views, purchases); user 4 has test items but no recommendations
+TEST_ROWS = [(0, 2, 1, 0), (0, 3, 0, 1), (1, 0, 2, 1), (1, 4, 1, 0), (2, 5, 1, 0), (4, 1, 0, 1)]
+RUN_LISTS = {"r1": {0: [2, 3, 4], 1: [0, 3, 4], 2: [1, 4, 5], 3: [0, 1]}, "r0": {0: [5]}}
+
+
+def write_lake(spark, cfg) -> None:
+    lake = Lake(cfg.lake)
+    splits = [("stratified", "train", u, i, 1.0, T0, 1, 0) for u, i in TRAIN_PAIRS] + [
+        ("stratified", "test", u, i, 1.0, T0, v, p) for u, i, v, p in TEST_ROWS
+    ]
+    lake.write(spark.createDataFrame(splits, SPLITS_DDL), L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
+    recs = [
+        (run, "als", "stratified", u, rank, i, 1.0 / rank)
+        for run, lists in RUN_LISTS.items()
+        for u, items in lists.items()
+        for rank, i in enumerate(items, start=1)
+    ]
+    lake.write(spark.createDataFrame(recs, S.RECOMMENDATIONS_SCHEMA), L.GOLD_RECOMMENDATIONS)
+
+
+def expected_rows(target: str, ks) -> list[tuple]:
+    truth: dict[int, set[int]] = {}
+    for u, i, _views, purchases in TEST_ROWS:
+        if target == "all" or purchases > 0:
+            truth.setdefault(u, set()).add(i)
+    train: dict[int, set[int]] = {}
+    for u, i in TRAIN_PAIRS:
+        train.setdefault(u, set()).add(i)
+    recs = RUN_LISTS["r1"]
+    return [
+        ("r1", "als", "tiny", "stratified", target, k, m, v)
+        for k in ks
+        for m, v in {**M.ranking_metrics(recs, truth, k), **M.catalogue_metrics(recs, train, k)}.items()
+    ]
+
+
+def evaluation_table(spark, cfg):
+    return Lake(cfg.lake).read(spark, L.METRICS_EVALUATION).drop(S.CREATED_AT)
+
+
+def test_main_writes_reference_values_and_replaces_on_rerun(spark, make_cfg, capsys):
+    cfg = make_cfg(run__run_id="r1", run__dataset="tiny", evaluate__k="1,3")
+    write_lake(spark, cfg)
+    E.main(spark, cfg)
+    rows = E.main(spark, cfg)  # a re-run replaces its rows
+    expected = expected_rows("all", (1, 3))
+    assert len(rows) == len(expected)
+    out = capsys.readouterr().out
+    assert "r1" in out and "ndcg" in out
+    assertDataFrameEqual(
+        evaluation_table(spark, cfg),
+        spark.createDataFrame(expected, evaluation_table(spark, cfg).schema),
+        rtol=0, atol=1e-9,
+    )
+
+    # a purchase target keeps only test pairs with cnt_purchase > 0 and leaves 'all' rows alone
+    E.main(spark, make_cfg(run__run_id="r1", run__dataset="tiny", evaluate__k="1,3",
+                           evaluate__target="purchase"))
+    both = expected + expected_rows("purchase", (1, 3))
+    assertDataFrameEqual(
+        evaluation_table(spark, cfg),
+        spark.createDataFrame(both, evaluation_table(spark, cfg).schema),
+        rtol=0, atol=1e-9,
+    )
+    purchase = {r[6]: r[7] for r in expected_rows("purchase", (3,))}
+    assert purchase["users_evaluated"] == 2  # users 0 and 1 have a purchase test item and a list
+    assert purchase["users_truth_no_recs"] == 1  # user 4
+
+
+def test_main_errors_name_the_problem(spark, make_cfg):
+    cfg = make_cfg(run__run_id="nope")
+    write_lake(spark, cfg)
+    with pytest.raises(ConfigError, match=r"'nope'.*available run_ids: r0, r1"):
+        E.main(spark, cfg)
+    with pytest.raises(ConfigError, match="--run-id"):
+        E.main(spark, make_cfg())
+    with pytest.raises(ConfigError, match="cnt_fav"):  # gold/splits without that behaviour
+        E.main(spark, make_cfg(run__run_id="r1", evaluate__target="fav"))
+
+
+def test_format_table_several_runs_and_published():
+    rows = [
+        {S.RUN_ID: run, S.MODEL: model, S.DATASET: "ml-100k", S.PROTOCOL: "stratified",
+         S.TARGET: "all", S.K: 10, S.METRIC: m, S.VALUE: v}
+        for run, model in (("als-1", "als"), ("pop-1", "popularity"))
+        for m, v in (("ndcg", 0.25), ("precision", 0.2), ("users_evaluated", 943.0))
+    ]
+    lines = E.format_table(rows, compare_published=True).splitlines()
+    assert lines[0].split()[:3] == ["source", "run_id", "model"]
+    body = lines[2:]
+    assert [line.split()[0] for line in body] == ["reclake"] * 2 + ["published"] * 5
+    assert body[0].split()[1:3] == ["als-1", "als"] and "0.2500" in body[0] and "943" in body[0]
+    bpr = next(line for line in body if " BPR " in line)
+    assert all(v in bpr for v in ("0.442", "0.388", "0.213", "0.133"))
+    assert len({len(line) for line in lines[:2]}) == 1  # header and rule share the widths
+    assert "published" not in E.format_table(rows)
