@@ -107,7 +107,8 @@ def user_hits(recs: DataFrame, truth: DataFrame, *, max_rank: int) -> DataFrame:
     t = truth.select(
         S.USER_IDX, S.ITEM_IDX, F.lit(None).cast("int").alias(S.RANK), F.lit(True).alias(in_truth)
     )
-    pairs = r.unionByName(t).groupBy(S.USER_IDX, S.ITEM_IDX).agg(
+    # partitioned by user once, both groupings below run without another shuffle
+    pairs = r.unionByName(t).repartition(S.USER_IDX).groupBy(S.USER_IDX, S.ITEM_IDX).agg(
         F.min(S.RANK).alias(S.RANK), F.max(in_truth).alias(in_truth)
     )
     return pairs.groupBy(S.USER_IDX).agg(
@@ -167,16 +168,18 @@ def ranking_metrics(
     return {k: {m: _num(row[f"{m}@{k}"]) for m in names} for k in ks}
 
 
-def item_popularity(train: DataFrame) -> tuple[DataFrame, int]:
-    """In: train ``user_idx, item_idx``. Out: (``item_idx, popularity`` = distinct train users
-    with the item / distinct train users, one row per catalogue item; catalogue size)."""
+def item_popularity(train: DataFrame) -> DataFrame:
+    """In: train ``user_idx, item_idx``. Out: ``item_idx, popularity`` (distinct train users with
+    the item / distinct train users), one row per catalogue item."""
     S.require_columns(train, S.USER_IDX, S.ITEM_IDX, where="train")
-    pairs = train.select(S.USER_IDX, S.ITEM_IDX).distinct()
-    n_users, n_items = pairs.agg(F.countDistinct(S.USER_IDX), F.countDistinct(S.ITEM_IDX)).first()
-    pop = pairs.groupBy(S.ITEM_IDX).agg(
-        (F.count(F.lit(1)) / F.lit(max(n_users, 1))).alias(POPULARITY)
+    n_users = train.agg(F.countDistinct(S.USER_IDX)).first()[0]
+    return train.groupBy(S.ITEM_IDX).agg(
+        (F.countDistinct(S.USER_IDX) / F.lit(max(n_users, 1))).alias(POPULARITY)
     )
-    return pop, n_items
+
+
+def _ratio(num, den) -> float:
+    return num / den if den else math.nan
 
 
 def catalogue_metrics(
@@ -184,26 +187,35 @@ def catalogue_metrics(
 ) -> dict[int, dict[str, float]]:
     """k -> {coverage, mean_popularity, novelty} of all users' top-k rows (NaN without rows).
 
-    In: recs ``user_idx, item_idx, rank``; train ``user_idx, item_idx``."""
+    In: recs ``user_idx, item_idx, rank``; train ``user_idx, item_idx``. The rows are first
+    counted per item, so the join with the popularity and the global sums run over items."""
     S.require_columns(recs, S.ITEM_IDX, S.RANK, where="recommendations")
-    pop, n_items = item_popularity(train)
-    rows = (
-        recs.where(F.col(S.RANK) <= max(ks)).select(S.ITEM_IDX, S.RANK)
-        .join(F.broadcast(pop), S.ITEM_IDX, "left")
+    rank = F.col(S.RANK)
+    per_item = recs.where(rank <= max(ks)).groupBy(S.ITEM_IDX).agg(
+        *[F.count(F.when(rank <= k, 1)).alias(f"rows@{k}") for k in ks]
     )
+    items = per_item.join(item_popularity(train), S.ITEM_IDX, "full")
     p = F.col(POPULARITY)
-    aggs = []
+    sums = [F.count(p).alias("n_items")]
     for k in ks:
-        top = F.col(S.RANK) <= k
-        covered = F.countDistinct(F.when(top & p.isNotNull(), F.col(S.ITEM_IDX)))
-        aggs += [
-            (covered / F.lit(n_items) if n_items else F.lit(None)).alias(f"coverage@{k}"),
-            F.avg(F.when(top, F.coalesce(p, F.lit(0.0)))).alias(f"mean_popularity@{k}"),
+        n = F.col(f"rows@{k}")  # null for catalogue items nobody got
+        sums += [
+            F.count(F.when((n > 0) & p.isNotNull(), 1)).alias(f"covered@{k}"),
+            F.sum(n).alias(f"rows@{k}"),
+            F.sum(n * F.coalesce(p, F.lit(0.0))).alias(f"pop@{k}"),
             # items absent from train have a null popularity: skipped, as -log2(0) is infinite
-            F.avg(F.when(top, -F.log2(p))).alias(f"novelty@{k}"),
+            F.sum(F.when(p.isNotNull(), n)).alias(f"known_rows@{k}"),
+            F.sum(n * -F.log2(p)).alias(f"novelty@{k}"),
         ]
-    row = rows.agg(*aggs).first()
-    return {k: {m: _num(row[f"{m}@{k}"]) for m in M.CATALOGUE_METRICS} for k in ks}
+    row = items.agg(*sums).first()
+    return {
+        k: {
+            "coverage": _ratio(row[f"covered@{k}"], row["n_items"]),
+            "mean_popularity": _ratio(row[f"pop@{k}"], row[f"rows@{k}"]),
+            "novelty": _ratio(row[f"novelty@{k}"], row[f"known_rows@{k}"]),
+        }
+        for k in ks
+    }
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -308,9 +320,11 @@ def format_table(rows: Sequence[dict], compare_published: bool = False) -> str:
     widths = [max(len(line[i]) for line in [head, *lines]) for i in range(len(head))]
 
     def render(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < n_text else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
+        padded = (
+            c.ljust(w) if i < n_text else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([render(head), rule, *map(render, lines)])
