@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl clean
+.PHONY: install demo test test-fast lint bench-etl bench-als reproduce-ml100k reproduce-taobao clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,30 @@ lint: install
 bench-etl: install
 	$(BIN)/python tests/benchmarks/bench_etl.py $(BENCH_ARGS)
 
+bench-als: install
+	$(BIN)/python tests/benchmarks/bench_als.py $(BENCH_ARGS)
+
+# The README's real-data figures, one command each (RECLAKE_DATA_DIR: folder with the datasets).
+RECLAKE_DATA_DIR ?= ../shared/data
+ML = $(BIN)/reclake --config configs/movielens-100k.yaml
+reproduce-ml100k: install
+	$(ML) ingest --path $(RECLAKE_DATA_DIR)/movielens-100k/u.data
+	$(ML) transform
+	$(ML) split
+	$(ML) als --run-id ml100k-als
+	$(ML) als --model popularity --run-id ml100k-popularity
+	$(ML) evaluate --run-id ml100k-popularity
+	$(ML) evaluate --run-id ml100k-als --compare-published
+
+TB = $(BIN)/reclake --config configs/taobao.yaml
+reproduce-taobao: install
+	$(TB) ingest --path $(RECLAKE_DATA_DIR)/taobao-userbehavior-sample/UserBehavior.csv
+	$(TB) transform
+	$(TB) split
+	$(TB) als --run-id taobao-als
+	$(TB) als --model popularity --run-id taobao-popularity
+	for run in taobao-als taobao-popularity; do for t in all purchase; do \
+	  $(TB) evaluate --run-id $$run --target $$t || exit 1; done; done
+
 clean:
-	rm -rf lake demo-data bench-out build spark-warehouse .pytest_cache
+	rm -rf lake lake-ml100k lake-taobao demo-data bench-out build spark-warehouse .pytest_cache

@@ -297,7 +297,10 @@ def write_recommendations(lake: Lake, recs: DataFrame, *, run_id: str) -> int:
 def fit_and_write_als(
     spark: SparkSession, lake: Lake, train: DataFrame, *, cfg: Config, run_id: str
 ) -> tuple[object, dict]:
-    """Fit ALS, write both factor tables and (``als.save_model``) the Spark model."""
+    """Fit ALS, then write both factor tables and (``als.save_model``) the Spark model. The three
+    writes are independent Spark jobs, run concurrently (each is small and mostly commit latency)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if not spark.sparkContext.getCheckpointDir():
         spark.sparkContext.setCheckpointDir(f"{lake.root}/_checkpoints")
     secs: dict[str, float] = {}
@@ -306,15 +309,19 @@ def fit_and_write_als(
     secs["fit"] = time.perf_counter() - t
     t = time.perf_counter()
     where = f"{S.RUN_ID} = {quote(run_id)}"
-    lake.replace_rows(factor_rows(model.userFactors, run_id=run_id), L.MODELS_ALS_USER_FACTORS,
-                      where)
-    lake.replace_rows(factor_rows(model.itemFactors, run_id=run_id), L.MODELS_ALS_ITEM_FACTORS,
-                      where)
-    secs["write_factors"] = time.perf_counter() - t
+    writes = [
+        lambda: lake.replace_rows(factor_rows(model.userFactors, run_id=run_id),
+                                  L.MODELS_ALS_USER_FACTORS, where),
+        lambda: lake.replace_rows(factor_rows(model.itemFactors, run_id=run_id),
+                                  L.MODELS_ALS_ITEM_FACTORS, where),
+    ]
     if cfg.als.save_model:
-        t = time.perf_counter()
-        model.write().overwrite().save(f"{lake.path(L.MODELS_ALS_MODEL)}/{run_id}")
-        secs["save_model"] = time.perf_counter() - t
+        writes.append(lambda: model.write().overwrite().save(
+            f"{lake.path(L.MODELS_ALS_MODEL)}/{run_id}"))
+    with ThreadPoolExecutor(len(writes)) as pool:
+        for f in [pool.submit(w) for w in writes]:
+            f.result()
+    secs["write_factors_and_model"] = time.perf_counter() - t
     return model, secs
 
 
@@ -355,11 +362,12 @@ def main(spark: SparkSession, cfg: Config) -> dict:
             f"gold/splits has no train rows for protocol '{protocol}' (protocols present: "
             f"{sorted(have)}); run `reclake split --protocol {protocol}` first"
         )
-    counts = {"train_rows": n_train, **_cold_counts(splits, train, protocol=protocol)}
-    if counts["heldout_users_without_train"] or counts["heldout_items_without_train"]:
-        log.info("cold start: %d held-out users and %d held-out items have no train rows; they "
-                 "get / are given no recommendations", counts["heldout_users_without_train"],
-                 counts["heldout_items_without_train"])
+    # cold-start counts are a side query: run it beside the fit instead of before it
+    from concurrent.futures import ThreadPoolExecutor
+
+    side = ThreadPoolExecutor(1)
+    cold = side.submit(_cold_counts, splits, train, protocol=protocol)
+    counts: dict[str, int] = {"train_rows": n_train}
     seen = seen_items(train) if cfg.recommend.exclude_seen else None
     secs: dict[str, float] = {}
     model_path = None
@@ -383,7 +391,13 @@ def main(spark: SparkSession, cfg: Config) -> dict:
         info["rows"] = counts["recommendation_rows"] = write_recommendations(lake, rows,
                                                                              run_id=run_id)
         secs["recommend"] = time.perf_counter() - t
+    counts.update(cold.result())
+    side.shutdown()
     train.unpersist()
+    if counts["heldout_users_without_train"] or counts["heldout_items_without_train"]:
+        log.info("cold start: %d held-out users and %d held-out items have no train rows; they "
+                 "get / are given no recommendations", counts["heldout_users_without_train"],
+                 counts["heldout_items_without_train"])
     record = {
         S.RUN_ID: run_id, S.MODEL: model_name, S.PROTOCOL: protocol,
         S.DATASET: cfg.run.dataset or cfg.ingest.source_format, "params": params,

@@ -330,6 +330,17 @@ def format_table(rows: Sequence[dict], compare_published: bool = False) -> str:
     return "\n".join([render(head), rule, *map(render, lines)])
 
 
+def write_evaluation(spark: SparkSession, lake: Lake, rows: Sequence[dict], *, run_id: str,
+                     target: str) -> None:
+    """Write one run's rows to ``metrics/evaluation``, replacing that run and target's rows."""
+    df = spark.createDataFrame(
+        [tuple(r[f.name] for f in S.EVALUATION_SCHEMA.fields) for r in rows],
+        S.EVALUATION_SCHEMA,
+    )
+    where = f"{S.RUN_ID} = {quote(run_id)} AND {S.TARGET} = {quote(target)}"
+    lake.replace_rows(df, L.METRICS_EVALUATION, where)
+
+
 def main(spark: SparkSession, cfg: Config) -> list[dict]:
     run_id = cfg.run.run_id
     if run_id is None:
@@ -342,12 +353,7 @@ def main(spark: SparkSession, cfg: Config) -> list[dict]:
     dataset = cfg.run.dataset or cfg.ingest.source_format
     with timed(log, f"{L.METRICS_EVALUATION} run_id={run_id} target={ev.target} k={list(ev.k)}"):
         rows = evaluate_run(spark, lake, run_id=run_id, ks=ev.k, target=ev.target, dataset=dataset)
-        df = spark.createDataFrame(
-            [tuple(r[f.name] for f in S.EVALUATION_SCHEMA.fields) for r in rows],
-            S.EVALUATION_SCHEMA,
-        )
-        where = f"{S.RUN_ID} = {quote(run_id)} AND {S.TARGET} = {quote(ev.target)}"
-        lake.replace_rows(df, L.METRICS_EVALUATION, where)
+        write_evaluation(spark, lake, rows, run_id=run_id, target=ev.target)
     print(format_table(rows, ev.compare_published))
     return rows
 

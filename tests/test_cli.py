@@ -47,6 +47,20 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert cli.run_stage("split", ["--lake", str(lake_dir), "--protocol", "temporal"]) == 0
     after = lake.read(spark, L.GOLD_SPLITS).where(F.col("protocol") == "temporal").count()
     assert after == before
+    # the demo trained ALS and popularity and evaluated both
+    ev = lake.read(spark, L.METRICS_EVALUATION).where("metric = 'ndcg'").toPandas()
+    assert sorted(ev["model"]) == ["als", "popularity"] and ev["value"].between(0, 1).all()
+    assert "ndcg" in printed and "popularity" in printed
+    als_run = ev[ev["model"] == "als"]["run_id"].iloc[0]
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col("run_id") == als_run)
+    assert recs.count() == recs.select("user_idx").distinct().count() * 10
+    # evaluate from the CLI with another k and the published comparison
+    assert cli.main(["--lake", str(lake_dir), "evaluate", "--run-id", als_run, "--k", "5,10",
+                     "--compare-published"]) == 0
+    out = capsys.readouterr().out
+    assert "LightGCN" in out and "0.442" in out
+    ks = lake.read(spark, L.METRICS_EVALUATION).where(F.col("run_id") == als_run)
+    assert sorted(r[0] for r in ks.select("k").distinct().collect()) == [5, 10]
     # gold is readable without Spark through delta-rs, as the demo says
     from deltalake import DeltaTable
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +13,8 @@ from pyspark.sql import functions as F
 from common import lake as L
 from common import schema as S
 from common.lake import Lake
-from jobs import ingest, split, transform
+from common.config import load_config
+from jobs import als, evaluate, ingest, split, transform
 
 pytestmark = [pytest.mark.realdata, pytest.mark.spark, pytest.mark.slow]
 
@@ -23,9 +25,33 @@ def _ingest(spark, cfg, fmt, path):
     return ingest.main(spark, c)
 
 
-def test_movielens_100k_counts_and_stratified_split(spark, make_cfg, data_dir):
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _repo_cfg(name: str, tmp_path, **values):
+    """The dataset's config file from configs/, with a fresh lake (what `make reproduce-*` runs)."""
+    vals = {"lake": str(tmp_path / "lake"), **{k.replace("__", "."): v for k, v in values.items()}}
+    return load_config(REPO / "configs" / name, values=vals)
+
+
+def _run(cfg, **values):
+    """cfg with dotted overrides (section__key=value)."""
+    for key, v in values.items():
+        section, field = key.split("__")
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                        **{field: v})})
+    return cfg
+
+
+def _metrics(spark, lake, run_id, target="all"):
+    df = lake.read(spark, L.METRICS_EVALUATION).where(
+        (F.col(S.RUN_ID) == run_id) & (F.col(S.TARGET) == target) & (F.col(S.K) == 10))
+    return {r[S.METRIC]: r[S.VALUE] for r in df.collect()}
+
+
+def test_movielens_100k_counts_split_and_als_quality_bar(spark, tmp_path, data_dir):
     path = data_dir / "movielens-100k" / "u.data"
-    cfg = make_cfg()
+    cfg = _repo_cfg("movielens-100k.yaml", tmp_path)
     audit = _ingest(spark, cfg, "movielens-100k", path)
     assert (audit["rows_in"], audit["rows_clean_new"], audit["rows_quarantined"]) == (100_000,) * 2 + (0,)
     assert audit["details"]["new_users"] == 943 and audit["details"]["new_items"] == 1682
@@ -49,10 +75,19 @@ def test_movielens_100k_counts_and_stratified_split(spark, make_cfg, data_dir):
     assert test.intersect(train).count() == 0
     assert test.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_anti").count() == 0
     assert got["train"] + got["test"] <= 100_000
+    # ALS with the repo config against the popularity baseline, K=10, seen items removed
+    for model in ("als", "popularity"):
+        als.main(spark, _run(cfg, run__model=model, run__run_id=f"ml-{model}"))
+        evaluate.main(spark, _run(cfg, run__run_id=f"ml-{model}"))
+    m_als, m_pop = _metrics(spark, lake, "ml-als"), _metrics(spark, lake, "ml-popularity")
+    print(f"\nML-100K stratified @10: ALS {m_als}\npopularity {m_pop}")
+    assert m_als["ndcg"] >= 0.48 and m_als["precision"] >= 0.40
+    assert m_als["users_evaluated"] == 943 and m_als["users_truth_no_recs"] == 0
+    assert m_pop["ndcg"] < m_als["ndcg"] - 0.1 and m_pop["users_evaluated"] == 943
 
 
-def test_taobao_sample_counts(spark, make_cfg, data_dir):
-    cfg = make_cfg()
+def test_taobao_sample_counts_and_temporal_als_vs_popularity(spark, tmp_path, data_dir):
+    cfg = _repo_cfg("taobao.yaml", tmp_path)
     audit = _ingest(spark, cfg, "taobao",
                     data_dir / "taobao-userbehavior-sample" / "UserBehavior.csv")
     assert audit["rows_in"] == audit["rows_clean_new"] == 84_474
@@ -63,3 +98,19 @@ def test_taobao_sample_counts(spark, make_cfg, data_dir):
     assert silver.select(S.CATEGORY_ID).distinct().count() == 2_914
     # 35 rows carry timestamps before the official window; kept (inside ingest.ts_min)
     assert silver.where(F.col(S.TS) < F.lit("2017-11-24 16:00:00").cast("timestamp")).count() == 35
+    # temporal protocol: ALS against popularity, all-behaviour and purchase targets
+    lake = Lake(cfg.lake)
+    transform.main(spark, cfg)
+    split.main(spark, cfg)
+    table = {}
+    for model in ("als", "popularity"):
+        als.main(spark, _run(cfg, run__model=model, run__run_id=f"tb-{model}"))
+        for target in ("all", "purchase"):
+            evaluate.main(spark, _run(cfg, run__run_id=f"tb-{model}", evaluate__target=target))
+            table[model, target] = _metrics(spark, lake, f"tb-{model}", target)
+    print("\nTaobao temporal @10:", table)
+    for (model, target), m in table.items():
+        assert m["users_evaluated"] > 0, (model, target)
+        assert 0 <= m["ndcg"] <= 1 and 0 <= m["recall"] <= 1
+    # the purchase target is a subset of the all-behaviour truth
+    assert table["als", "purchase"]["users_evaluated"] < table["als", "all"]["users_evaluated"]
