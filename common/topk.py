@@ -148,7 +148,7 @@ def reference_top_k(
     scores = user_factors @ item_factors.T
     for u in range(user_factors.shape[0]):
         excl = set(int(x) for x in seen[u])
-        pairs = [(int(i), float(s)) for i, s in zip(item_ids, scores[u]) if int(i) not in excl]
+        pairs = [(int(i), float(s)) for i, s in zip(item_ids, scores[u], strict=False) if int(i) not in excl]
         pairs.sort(key=lambda p: (-p[1], p[0]))
         out.append(pairs[:k])
     return out

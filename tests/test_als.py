@@ -15,7 +15,7 @@ from common.topk import reference_top_k, top_k_dot, top_k_global_order
 
 def _as_pairs(counts, items, scores):
     return [
-        [(int(i), float(s)) for i, s in zip(items[u][: counts[u]], scores[u][: counts[u]])]
+        [(int(i), float(s)) for i, s in zip(items[u][: counts[u]], scores[u][: counts[u]], strict=False)]
         for u in range(len(counts))
     ]
 
@@ -109,12 +109,12 @@ def test_als_checkerboard_withheld_item_comes_first_and_seen_never(spark, checke
     first = recs[recs[S.RANK] == 1].set_index(S.USER_IDX)[S.ITEM_IDX].to_dict()
     assert first == withheld
     train = {(u, i) for s, u, i, _ in rows if s == "train"}
-    assert not any((u, i) in train for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX]))
+    assert not any((u, i) in train for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX], strict=False))
     # scores are the stored factors' dot products, ranks follow them
     uf = lake.read(spark, L.MODELS_ALS_USER_FACTORS).toPandas().set_index(S.IDX)[S.FACTORS]
     itf = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).toPandas().set_index(S.IDX)[S.FACTORS]
     assert len(uf) == 20 and len(itf) == 20
-    dots = [float(np.dot(uf[u], itf[i])) for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX])]
+    dots = [float(np.dot(uf[u], itf[i])) for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX], strict=False)]
     np.testing.assert_allclose(recs[S.SCORE], dots, rtol=1e-5, atol=1e-6)
     assert (recs.sort_values([S.USER_IDX, S.RANK]).groupby(S.USER_IDX)[S.SCORE]
             .apply(lambda s: s.is_monotonic_decreasing).all())
@@ -180,7 +180,7 @@ def test_recommend_dot_matches_reference_and_blocked_path(spark):
     def lists(df):
         pdf = df.orderBy(S.USER_IDX, S.RANK).toPandas()
         out = [[] for _ in range(n_users)]
-        for u, i, s in zip(pdf[S.USER_IDX], pdf[S.ITEM_IDX], pdf[S.SCORE]):
+        for u, i, s in zip(pdf[S.USER_IDX], pdf[S.ITEM_IDX], pdf[S.SCORE], strict=False):
             out[u].append((int(i), float(s)))
         return out
 

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 
 from common import lake as L
 from common import schema as S
-from common.lake import Lake
 from common.config import load_config
+from common.lake import Lake
 from jobs import als, evaluate, ingest, split, transform
 
 pytestmark = [pytest.mark.realdata, pytest.mark.spark, pytest.mark.slow]
