@@ -174,7 +174,7 @@ class RecommendConfig:
 
     k: int = 10
     exclude_seen: bool = True  # drop items the user has in the train split
-    user_batch: int = 2048  # users scored per matrix product
+    user_batch: int = 1024  # users scored per matrix product
     item_block: int = 32768  # items per score block: memory ~ user_batch * item_block * 4 bytes
     broadcast_max_mb: float = 256.0  # item factors broadcast up to this size, else item-blocked
 

@@ -37,7 +37,8 @@ def _block_top_k(scores: np.ndarray, item_ids: np.ndarray, k: int) -> tuple[np.n
     b, m = scores.shape
     if m <= k:
         return scores, np.broadcast_to(item_ids, (b, m)).copy()
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # the k largest land in the last k columns (no negated copy of the block)
+    part = np.argpartition(scores, m - k, axis=1)[:, m - k:]
     top = np.take_along_axis(scores, part, axis=1)
     # argpartition picks arbitrarily among cells tied with the k-th score; rows where the tie
     # straddles the boundary are redone exactly (rare for real-valued scores)

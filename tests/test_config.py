@@ -84,3 +84,15 @@ def test_cli_flags_are_config_overrides():
 def test_cli_reports_config_errors(capsys):
     assert cli.main(["--set", "split.bogus=1", "split"]) == 2
     assert "split.bogus" in capsys.readouterr().err
+
+
+def test_default_yaml_lists_every_option_with_its_default():
+    from pathlib import Path
+
+    import yaml
+
+    from common.config import to_dict
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    assert load_config(path) == load_config()
+    assert yaml.safe_load(path.read_text()).keys() == to_dict(load_config()).keys()
