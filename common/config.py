@@ -189,6 +189,21 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class InfluenceConfig:
+    """Attribution of an ALS run's recommendations (``reclake influence``)."""
+
+    action: str = "explain"  # explain | ablation
+    top_n: int = 5  # past items kept per recommendation (plus one residual row)
+    pool: int = 50  # unseen items pre-scored per user for the exact leaves-top-K check
+    segment_edges: tuple[int, ...] = (5, 20, 50)  # user segments by train history length
+    broadcast_max_mb: float = 512.0  # item factors broadcast up to this, else joined
+    # ablation: retrain on every subset of the auxiliary behaviours, judge on the target
+    ablation_target: str = "purchase"
+    ablation_seeds: tuple[int, ...] = (1, 2, 3)
+    bootstrap: int = 200  # resamples of users for the Shapley confidence intervals
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -202,6 +217,7 @@ class Config:
     als: AlsConfig = field(default_factory=AlsConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
@@ -380,6 +396,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"recommend.{key} must be >= 1, got {getattr(cfg.recommend, key)}")
     if not cfg.evaluate.k or min(cfg.evaluate.k) < 1:
         raise ConfigError(f"evaluate.k must be a non-empty list of ints >= 1, got {cfg.evaluate.k}")
+    if cfg.influence.action not in ("explain", "ablation"):
+        raise ConfigError(f"influence.action must be explain|ablation, got {cfg.influence.action!r}")
+    if cfg.influence.top_n < 1 or cfg.influence.pool < 0:
+        raise ConfigError("influence.top_n must be >= 1 and influence.pool >= 0")
+    if cfg.influence.ablation_target not in vocab:
+        raise ConfigError(f"influence.ablation_target must be a known behaviour {sorted(vocab)}")
     if cfg.evaluate.target != "all" and cfg.evaluate.target not in vocab:
         raise ConfigError(
             f"evaluate.target must be 'all' or a known behaviour {sorted(vocab)}, "

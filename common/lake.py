@@ -28,6 +28,11 @@ MODELS_ALS_USER_FACTORS = "models/als_user_factors"
 MODELS_ALS_ITEM_FACTORS = "models/als_item_factors"
 MODELS_RUNS = "models/runs"
 METRICS_EVALUATION = "metrics/evaluation"
+INFLUENCE_EVENT_CONTRIBUTIONS = "influence/event_contributions"
+INFLUENCE_BEHAVIOR_TYPE = "influence/behavior_type"
+INFLUENCE_ITEMS = "influence/items"
+INFLUENCE_USERS = "influence/users"
+INFLUENCE_BEHAVIOR_SHAPLEY = "influence/behavior_shapley"
 # not a Delta table: the Spark ML ALSModel of a run is saved under <this>/<run_id>
 MODELS_ALS_MODEL = "models/als_model"
 

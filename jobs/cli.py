@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "split": "jobs.split",
     "als": "jobs.als",
     "evaluate": "jobs.evaluate",
+    "influence": "jobs.influence",
     "demo": "jobs.demo",
 }
 

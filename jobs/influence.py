@@ -1,0 +1,419 @@
+"""Explain an ALS run's recommendations by the users' past behaviours, written to ``influence/*``.
+
+    spark-submit jobs/influence.py --lake ./lake --run-id als-20240101T000000-ab12
+    reclake influence --run-id R [--top-n 5]
+
+For every user and each of their recommendations in ``gold/recommendations`` (run R), the exact
+contribution of every past train interaction to the score (``common/influence.py`` has the
+maths, checked against Spark's ALS source), split into a base part and one part per behaviour
+type, and the exact leave-one-out change of the score. One eigendecomposition per user, float64,
+inside ``mapInPandas`` over users; the item factors are broadcast (or, above
+``influence.broadcast_max_mb``, joined to the rows that need them, without the leaves-top-K check).
+
+Tables (run_id on every row; re-running a run replaces its rows):
+  - ``influence/event_contributions``: per recommendation the ``top_n`` past items with the
+    largest |contribution| and one residual row (source_item_idx = -1) holding the rest.
+  - ``influence/behavior_type``: share of recommendation score owed to each behaviour type
+    (and the base preference), globally and per user segment, and the fraction of
+    recommendations that leave the user's top-K when that type is removed from the history.
+  - ``influence/items``: per past item, how many recommendations it drives and how much.
+  - ``influence/users``: how concentrated each user's recommendations are on few behaviours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from common import influence as I
+from common import lake as L
+from common import schema as S
+from common.config import Config, ConfigError
+from common.lake import Lake, quote
+from common.log import get_logger, timed
+
+log = get_logger("influence")
+
+REC_ITEM, REC_RANK, SOURCE_ITEM, SOURCE_RANK = (
+    "rec_item_idx", "rec_rank", "source_item_idx", "source_rank")
+CONTRIBUTION, SHARE, PART_BASE, LOO_DELTA, LOO_LEAVES = (
+    "contribution", "share", "part_base", "loo_delta", "loo_leaves_top_k")
+RESIDUAL = -1
+BASE = "base"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("influence.action", nargs="?", choices=("explain", "ablation"), default=None,
+                   metavar="ACTION", help="explain (default): attribute a run's recommendations; ablation: "
+                        "behaviour-type Shapley values by retraining")
+    p.add_argument("--run-id", dest="run.run_id", default=None, help="the ALS run to explain")
+    p.add_argument("--top-n", dest="influence.top_n", type=int, default=None,
+                   help="past items kept per recommendation (default 5, plus a residual row)")
+    p.add_argument("--protocol", dest="split.protocol", default=None,
+                   help="ablation: the split to retrain on (temporal recommended)")
+
+
+def rec_schema(behaviors: list[str]) -> T.StructType:
+    """Kernel output: one row per (recommendation, kept source) plus a residual row."""
+    return T.StructType([
+        T.StructField(S.USER_IDX, T.IntegerType(), False),
+        T.StructField(REC_ITEM, T.IntegerType(), False),
+        T.StructField(REC_RANK, T.IntegerType(), False),
+        T.StructField(S.SCORE, T.DoubleType(), False),
+        T.StructField("n_history", T.IntegerType(), False),
+        T.StructField(SOURCE_RANK, T.IntegerType(), False),
+        T.StructField(SOURCE_ITEM, T.IntegerType(), False),
+        T.StructField("n_sources", T.IntegerType(), False),
+        T.StructField(CONTRIBUTION, T.DoubleType(), False),
+        T.StructField(SHARE, T.DoubleType()),
+        T.StructField(PART_BASE, T.DoubleType(), False),
+        *[T.StructField(f"part_{b}", T.DoubleType(), False) for b in behaviors],
+        T.StructField(LOO_DELTA, T.DoubleType()),
+        T.StructField(LOO_LEAVES, T.BooleanType()),
+        # per recommendation, repeated on its rows (the aggregates read source_rank == 1)
+        *[T.StructField(f"type_delta_{b}", T.DoubleType(), False) for b in behaviors],
+        *[T.StructField(f"type_leaves_{b}", T.BooleanType()) for b in behaviors],
+        T.StructField("top1_share", T.DoubleType()),
+        T.StructField("top3_share", T.DoubleType()),
+        T.StructField("effective_sources", T.DoubleType()),
+        T.StructField("x_rel_err", T.DoubleType()),
+    ])
+
+
+def user_inputs(history: DataFrame, recs: DataFrame, user_factors: DataFrame,
+                behaviors: list[str]) -> DataFrame:
+    """One row per user with recommendations: ``hist_items, hist_conf, hist_parts`` (arrays,
+    parts as one flat array of n*B), ``rec_items, rec_ranks``, ``stored_x``."""
+    parts = F.array(*[F.col(S.conf_col(b)).cast("double") for b in behaviors])
+    h = history.groupBy(S.USER_IDX).agg(
+        F.collect_list(F.struct(
+            F.col(S.ITEM_IDX).alias("i"), F.col(S.CONFIDENCE).alias("c"), parts.alias("p")
+        )).alias("_h"))
+    h = h.select(S.USER_IDX, F.col("_h.i").alias("hist_items"), F.col("_h.c").alias("hist_conf"),
+                 F.flatten(F.col("_h.p")).alias("hist_parts"))
+    r = recs.groupBy(S.USER_IDX).agg(F.sort_array(F.collect_list(
+        F.struct(F.col(S.RANK).alias("r"), F.col(S.ITEM_IDX).alias("i")))).alias("_r"))
+    r = r.select(S.USER_IDX, F.col("_r.i").alias("rec_items"), F.col("_r.r").alias("rec_ranks"))
+    uf = user_factors.select(F.col(S.IDX).alias(S.USER_IDX), F.col(S.FACTORS).alias("stored_x"))
+    return r.join(h, S.USER_IDX, "inner").join(uf, S.USER_IDX, "left")
+
+
+def explain_users(
+    users: DataFrame,
+    item_ids: np.ndarray,
+    item_factors: np.ndarray,
+    *,
+    behaviors: list[str],
+    alpha: float,
+    reg: float,
+    top_n: int,
+    pool: int,
+    k: int,
+) -> DataFrame:
+    """Run the per-user kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`."""
+    n_items = int(item_ids.max()) + 1 if len(item_ids) else 0
+    dense = np.zeros((n_items, item_factors.shape[1]), dtype=np.float64)
+    dense[item_ids] = item_factors
+    known = np.zeros(n_items, dtype=bool)
+    known[item_ids] = True
+    bc = users.sparkSession.sparkContext.broadcast((dense, known, I.gram(dense)))
+    n_b = len(behaviors)
+    schema = rec_schema(behaviors)
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        y, known_items, yty = bc.value
+        # the check scores only items the model has (unknown ids would look like zero vectors)
+        seen_unknown = np.flatnonzero(~known_items)
+        for pdf in batches:
+            out = []
+            for row in pdf.itertuples(index=False):
+                out.append(_explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k,
+                                        behaviors))
+            if out:
+                yield pd.concat(out, ignore_index=True)[list(schema.fieldNames())]
+
+    return users.mapInPandas(run, schema)
+
+
+def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, behaviors):
+    hist = np.asarray(row.hist_items, dtype=np.int64)
+    ratings = np.asarray(row.hist_conf, dtype=np.float64)
+    parts = np.asarray(row.hist_parts, dtype=np.float64).reshape(len(hist), n_b)
+    recs = np.asarray(row.rec_items, dtype=np.int64)
+    ranks = np.asarray(row.rec_ranks, dtype=np.int32)
+    x = I.solve_user(yty, y[hist], ratings, alpha=alpha, reg=reg)
+    check = I.TopKCheck(x, y, np.concatenate([hist, seen_unknown]), recs, k=k, pool=pool)
+    res = I.explain_recommendations(yty, y[hist], ratings, parts, y[recs], alpha=alpha, reg=reg,
+                                    top_n=top_n, check=check)
+    stored = row.stored_x
+    x_err = (float(np.linalg.norm(res["x"] - np.asarray(stored, dtype=np.float64))
+                   / max(np.linalg.norm(stored), 1e-30)) if stored is not None else np.nan)
+    n_r, n_h = len(recs), len(hist)
+    top = res["top_src"]  # (R, N)
+    n_keep = top.shape[1]
+    rr = np.arange(n_r)[:, None]
+    contrib = res["contrib"][rr, top]
+    base = res["base"][rr, top]
+    part = res["parts"][rr, top]  # (R, N, B)
+    loo = res["loo_delta"][rr, top]
+    leaves = res["loo_leaves"]
+    rest_c = res["contrib"].sum(axis=1) - contrib.sum(axis=1)
+    rest_base = res["base"].sum(axis=1) - base.sum(axis=1)
+    rest_part = res["parts"].sum(axis=1) - part.sum(axis=1)  # (R, B)
+    scores = res["scores"]
+    cols: dict[str, np.ndarray] = {}
+    reps = n_keep + 1
+
+    def per_rec(v):
+        return np.repeat(np.asarray(v), reps)
+
+    cols[S.USER_IDX] = np.full(n_r * reps, row.user_idx, dtype=np.int32)
+    cols[REC_ITEM] = per_rec(recs).astype(np.int32)
+    cols[REC_RANK] = per_rec(ranks).astype(np.int32)
+    cols[S.SCORE] = per_rec(scores)
+    cols["n_history"] = np.full(n_r * reps, n_h, dtype=np.int32)
+    cols[SOURCE_RANK] = np.tile(np.arange(1, reps + 1), n_r).astype(np.int32)
+    cols[SOURCE_ITEM] = np.column_stack([hist[top], np.full(n_r, RESIDUAL)]).ravel().astype(
+        np.int32)
+    cols["n_sources"] = np.tile(np.r_[np.ones(n_keep), n_h - n_keep], n_r).astype(np.int32)
+    c_all = np.column_stack([contrib, rest_c]).ravel()
+    cols[CONTRIBUTION] = c_all
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols[SHARE] = np.where(per_rec(scores) != 0, c_all / per_rec(scores), np.nan)
+    cols[PART_BASE] = np.column_stack([base, rest_base]).ravel()
+    for b_i, b in enumerate(behaviors):
+        cols[f"part_{b}"] = np.column_stack([part[:, :, b_i], rest_part[:, b_i]]).ravel()
+    cols[LOO_DELTA] = np.column_stack([loo, np.full(n_r, np.nan)]).ravel()
+    lv = np.column_stack([leaves, np.zeros(n_r, dtype=bool)]).astype(object)
+    lv[:, -1] = None
+    cols[LOO_LEAVES] = lv.ravel()
+    for b_i, b in enumerate(behaviors):
+        cols[f"type_delta_{b}"] = per_rec(res["type_delta"][b_i])
+        cols[f"type_leaves_{b}"] = per_rec(res["type_leaves"][b_i])
+    cols["top1_share"] = per_rec(res["conc"][:, 0])
+    cols["top3_share"] = per_rec(res["conc"][:, 1])
+    cols["effective_sources"] = per_rec(res["conc"][:, 2])
+    cols["x_rel_err"] = np.full(n_r * reps, x_err)
+    return pd.DataFrame(cols)
+
+
+# --- aggregates ---------------------------------------------------------------------------------
+
+
+def segment_col(edges: tuple[int, ...]):
+    """Label of a user's history-length bucket, e.g. edges (5, 20) -> 1-4, 5-19, 20+."""
+    n = F.col("n_history")
+    bounds = [1, *edges]
+    expr = F.lit(f"{bounds[-1]}+")
+    for lo, hi in reversed(list(zip(bounds[:-1], bounds[1:], strict=True))):
+        expr = F.when(n < hi, F.lit(f"{lo}-{hi - 1}")).otherwise(expr)
+    return expr
+
+
+def behavior_type_table(rows: DataFrame, *, behaviors: list[str], edges) -> DataFrame:
+    """``segment, behavior, score_share, removal_leaves_fraction, mean_removal_delta, n_recs,
+    n_users`` (segment 'all' plus one per history bucket; behaviour 'base' = the part every
+    interaction earns by existing, c = 1 + ...)."""
+    parts = [BASE, *behaviors]
+    part_cols = {BASE: PART_BASE, **{b: f"part_{b}" for b in behaviors}}
+    seg = rows.withColumn("segment", segment_col(edges))
+    sums = [F.sum(part_cols[p]).alias(f"s_{p}") for p in parts]
+    per_rec = seg.where(F.col(SOURCE_RANK) == 1)
+    rec_aggs = [F.count(F.lit(1)).alias("n_recs"), F.countDistinct(S.USER_IDX).alias("n_users"),
+                F.sum(S.SCORE).alias("s_score")]
+    for b in behaviors:
+        rec_aggs += [F.avg(F.col(f"type_leaves_{b}").cast("double")).alias(f"l_{b}"),
+                     F.avg(f"type_delta_{b}").alias(f"d_{b}")]
+    out = []
+    for by in (F.lit("all").alias("segment"), F.col("segment")):
+        s = seg.groupBy(by).agg(*sums)
+        r = per_rec.groupBy(by).agg(*rec_aggs)
+        j = s.join(r, "segment")
+        for p in parts:
+            out.append(j.select(
+                "segment", F.lit(p).alias(S.BEHAVIOR),
+                (F.col(f"s_{p}") / F.col("s_score")).alias("score_share"),
+                (F.col(f"l_{p}") if p != BASE else F.lit(None).cast("double"))
+                .alias("removal_leaves_fraction"),
+                (F.col(f"d_{p}") if p != BASE else F.lit(None).cast("double"))
+                .alias("mean_removal_delta"),
+                "n_recs", "n_users"))
+    res = out[0]
+    for o in out[1:]:
+        res = res.unionByName(o)
+    return res
+
+
+def items_table(rows: DataFrame) -> DataFrame:
+    """Per past item (kept source rows): recommendations driven (positive contribution), users,
+    total / mean contribution and share, recommendations that leave the top-K without it, and
+    the run's Gini of total positive contribution over items (``influence_gini``)."""
+    src = rows.where(F.col(SOURCE_ITEM) != RESIDUAL)
+    agg = src.groupBy(F.col(SOURCE_ITEM).alias(S.ITEM_IDX)).agg(
+        F.sum(F.when(F.col(CONTRIBUTION) > 0, 1).otherwise(0)).alias("n_recs_supported"),
+        F.countDistinct(S.USER_IDX).alias("n_users"),
+        F.sum(CONTRIBUTION).alias("total_contribution"),
+        F.avg(CONTRIBUTION).alias("mean_contribution"),
+        F.sum(SHARE).alias("total_share"),
+        F.sum(F.col(LOO_LEAVES).cast("int")).alias("n_recs_lost_without"),
+    )
+    pos = agg.select(F.greatest(F.col("total_contribution"), F.lit(0.0)).alias("v")).toPandas()
+    gini = gini_coefficient(pos["v"].to_numpy())
+    return agg.withColumn("influence_gini", F.lit(gini))
+
+
+def gini_coefficient(values: np.ndarray) -> float:
+    """Gini of non-negative values (0: equal, -> 1: concentrated on one)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if len(v) == 0 or v.sum() <= 0:
+        return float("nan")
+    n = len(v)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ v / (n * v.sum()))
+
+
+def users_table(rows: DataFrame, *, behaviors: list[str]) -> DataFrame:
+    """Per user: history length, recommendations, mean top-1 / top-3 source share, mean
+    effective number of sources, distinct driving items, and the behaviour type with the largest
+    share of the user's recommendation score."""
+    per_rec = rows.where(F.col(SOURCE_RANK) == 1)
+    conc = per_rec.groupBy(S.USER_IDX).agg(
+        F.first("n_history").alias("n_history"), F.count(F.lit(1)).alias("n_recs"),
+        F.avg("top1_share").alias("mean_top1_share"), F.avg("top3_share").alias("mean_top3_share"),
+        F.avg("effective_sources").alias("mean_effective_sources"))
+    src = rows.where(F.col(SOURCE_ITEM) != RESIDUAL).groupBy(S.USER_IDX).agg(
+        F.countDistinct(SOURCE_ITEM).alias("n_driving_items"))
+    sums = rows.groupBy(S.USER_IDX).agg(*[F.sum(f"part_{b}").alias(b) for b in behaviors])
+    best = F.lit(None).cast("string")
+    best_v = F.lit(0.0)
+    for b in behaviors:  # argmax over the behaviour columns
+        best = F.when(F.col(b) > best_v, F.lit(b)).otherwise(best)
+        best_v = F.greatest(best_v, F.col(b))
+    sums = sums.select(S.USER_IDX, best.alias("dominant_behavior"))
+    return conc.join(src, S.USER_IDX, "left").join(sums, S.USER_IDX, "left")
+
+
+# --- job ---------------------------------------------------------------------------------------
+
+
+def _run_record(spark, lake: Lake, run_id: str) -> dict:
+    if not lake.exists(spark, L.MODELS_RUNS):
+        raise FileNotFoundError(f"{L.MODELS_RUNS} does not exist: run `reclake als` first")
+    rows = lake.read(spark, L.MODELS_RUNS).where(F.col(S.RUN_ID) == run_id).collect()
+    if not rows:
+        have = [r[0] for r in lake.read(spark, L.MODELS_RUNS).select(S.RUN_ID).limit(10).collect()]
+        raise ConfigError(f"no run '{run_id}' in {L.MODELS_RUNS} (runs: {have})")
+    rec = rows[0].asDict()
+    if rec[S.MODEL] != "als":
+        raise ConfigError(f"run '{run_id}' is a {rec[S.MODEL]} run; influence explains ALS runs")
+    if rec["params"].get("als.nonnegative") == "True":
+        raise ConfigError(f"run '{run_id}' used nonnegative=True (NNLS): scores do not decompose "
+                          "linearly; retrain without --nonnegative to explain it")
+    return rec
+
+
+def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str):
+    """The kernel rows of one run (cached) and the behaviours it splits by."""
+    rec = _run_record(spark, lake, run_id)
+    params = rec["params"]
+    alpha, reg = float(params["als.alpha"]), float(params["als.reg_param"])
+    protocol = rec[S.PROTOCOL]
+    splits = lake.read(spark, L.GOLD_SPLITS)
+    behaviors = [b for b in cfg.vocabulary if S.conf_col(b) in splits.columns]
+    if not behaviors:
+        raise ConfigError(f"{L.GOLD_SPLITS} has no conf_<b> columns; re-run `reclake split`")
+    history = splits.where((F.col(S.PROTOCOL) == protocol) & (F.col("split") == "train")
+                           & (F.col(S.CONFIDENCE) > 0))
+    # a behaviour with no weight has no part anywhere: leave it out of the tables
+    nonzero = history.agg(*[F.max(F.abs(S.conf_col(b))).alias(b) for b in behaviors]).first()
+    behaviors = [b for b in behaviors if (nonzero[b] or 0) > 0]
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col(S.RUN_ID) == run_id)
+    k = recs.agg(F.max(S.RANK)).first()[0]
+    if k is None:
+        raise ConfigError(f"run '{run_id}' has no rows in {L.GOLD_RECOMMENDATIONS}")
+    items = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).where(F.col(S.RUN_ID) == run_id)
+    users = lake.read(spark, L.MODELS_ALS_USER_FACTORS).where(F.col(S.RUN_ID) == run_id)
+    ipdf = items.select(S.IDX, S.FACTORS).toPandas()
+    ids = ipdf[S.IDX].to_numpy(np.int64)
+    fac = np.stack(ipdf[S.FACTORS].to_numpy()).astype(np.float64)
+    inputs = user_inputs(history, recs, users, behaviors)
+    rows = explain_users(inputs, ids, fac, behaviors=behaviors, alpha=alpha, reg=reg,
+                         top_n=cfg.influence.top_n, pool=cfg.influence.pool, k=int(k))
+    return rows.withColumn(S.RUN_ID, F.lit(run_id)), behaviors
+
+
+def main(spark: SparkSession, cfg: Config) -> dict:
+    if cfg.influence.action == "ablation":
+        from jobs import ablation
+
+        return ablation.main(spark, cfg)
+    run_id = cfg.run.run_id
+    if not run_id:
+        raise ConfigError("influence needs --run-id (an ALS run in models/runs)")
+    lake = Lake(cfg.lake)
+    t0 = time.perf_counter()
+    rows, behaviors = explain_run(spark, lake, cfg=cfg, run_id=run_id)
+    where = f"{S.RUN_ID} = {quote(run_id)}"
+    with timed(log, f"influence of run {run_id}: per-user attribution") as info:
+        rows = rows.cache()
+        stats = rows.where(F.col(SOURCE_RANK) == 1).agg(
+            F.count(F.lit(1)).alias("recs"), F.countDistinct(S.USER_IDX).alias("users"),
+            F.max("x_rel_err").alias("max_err"),
+            F.percentile_approx("x_rel_err", 0.5).alias("median_err")).first()
+        info.update(recommendations=stats["recs"], users=stats["users"])
+    log.info("recomputed user vectors vs Spark's stored factors: median rel. err %.2e, max %.2e",
+             stats["median_err"] or float("nan"), stats["max_err"] or float("nan"))
+    contrib_cols = [S.RUN_ID, S.USER_IDX, REC_ITEM, REC_RANK, S.SCORE, SOURCE_RANK, SOURCE_ITEM,
+                    "n_sources", CONTRIBUTION, SHARE, PART_BASE,
+                    *[f"part_{b}" for b in behaviors], LOO_DELTA, LOO_LEAVES]
+    with timed(log, "influence tables"):
+        lake.replace_rows(rows.select(*contrib_cols), L.INFLUENCE_EVENT_CONTRIBUTIONS, where,
+                          merge_schema=True)
+        bt = behavior_type_table(rows, behaviors=behaviors, edges=cfg.influence.segment_edges)
+        lake.replace_rows(bt.withColumn(S.RUN_ID, F.lit(run_id)), L.INFLUENCE_BEHAVIOR_TYPE,
+                          where)
+        lake.replace_rows(items_table(rows).withColumn(S.RUN_ID, F.lit(run_id)),
+                          L.INFLUENCE_ITEMS, where)
+        lake.replace_rows(users_table(rows, behaviors=behaviors).withColumn(
+            S.RUN_ID, F.lit(run_id)), L.INFLUENCE_USERS, where)
+    rows.unpersist()
+    summary = {"run_id": run_id, "recommendations": stats["recs"], "users": stats["users"],
+               "x_rel_err_max": stats["max_err"], "seconds": time.perf_counter() - t0}
+    print(format_summary(spark, lake, run_id))
+    return summary
+
+
+def format_summary(spark: SparkSession, lake: Lake, run_id: str, top: int = 5) -> str:
+    """Behaviour-type shares (all users) and the top gateway items, as text."""
+    bt = (lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE)
+          .where((F.col(S.RUN_ID) == run_id) & (F.col("segment") == "all"))
+          .orderBy(F.desc("score_share")).collect())
+    lines = [f"Behaviour-type influence, run {run_id} (share of recommendation score; fraction "
+             "of recommendations that leave the top-K without that type):"]
+    for r in bt:
+        leave = ("" if r["removal_leaves_fraction"] is None
+                 else f"{r['removal_leaves_fraction']:8.1%}")
+        lines.append(f"  {r[S.BEHAVIOR]:<10} {r['score_share']:8.1%} {leave}")
+    items = (lake.read(spark, L.INFLUENCE_ITEMS).where(F.col(S.RUN_ID) == run_id)
+             .orderBy(F.desc("total_contribution")).limit(top).collect())
+    if items:
+        lines.append(f"Top gateway items (Gini of influence {items[0]['influence_gini']:.3f}):")
+        for r in items:
+            lines.append(f"  item_idx {r[S.ITEM_IDX]:>8}  drives {r['n_recs_supported']:>6} recs "
+                         f"of {r['n_users']:>6} users, total contribution "
+                         f"{r['total_contribution']:.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cli import run_stage
+
+    sys.exit(run_stage("influence"))
