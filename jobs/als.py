@@ -277,15 +277,29 @@ def recommendation_rows(recs: DataFrame, *, run_id: str, model: str, protocol: s
 # --- job ------------------------------------------------------------------------------------------
 
 
-def _cold_counts(splits: DataFrame, train: DataFrame, *, protocol: str) -> dict[str, int]:
+def _cold_counts(spark: SparkSession, lake: Lake, splits: DataFrame, train: DataFrame, *,
+                 protocol: str) -> dict[str, int]:
+    """Held-out (valid / test) rows whose user or item has no train row. The split stage counts
+    them (``audit/batches``, batch ``split-<protocol>``) and drops or keeps them; its record is
+    used when present, otherwise they are counted here."""
+    if lake.exists(spark, L.AUDIT_BATCHES):
+        rec = lake.read(spark, L.AUDIT_BATCHES).where(
+            (F.col(S.BATCH_ID) == f"split-{protocol}") & (F.col(S.STAGE) == "split")
+        ).select("details").collect()
+        if rec:
+            d = rec[0]["details"] or {}
+            return {
+                "heldout_rows_cold_user": sum(v for k, v in d.items() if k.startswith("cold_user")),
+                "heldout_rows_cold_item": sum(v for k, v in d.items() if k.startswith("cold_item")),
+                "heldout_rows_cold_dropped": d.get("dropped_cold", 0),
+            }
     held = splits.where((F.col(S.PROTOCOL) == protocol) & (F.col(S.SPLIT) != TRAIN))
     users = train.select(S.USER_IDX).distinct()
     items = train.select(S.ITEM_IDX).distinct()
     return {
-        "heldout_users_without_train": held.select(S.USER_IDX).distinct()
-        .join(users, S.USER_IDX, "left_anti").count(),
-        "heldout_items_without_train": held.select(S.ITEM_IDX).distinct()
-        .join(items, S.ITEM_IDX, "left_anti").count(),
+        "heldout_rows_cold_user": held.join(users, S.USER_IDX, "left_anti").count(),
+        "heldout_rows_cold_item": held.join(items, S.ITEM_IDX, "left_anti").count(),
+        "heldout_rows_cold_dropped": 0,
     }
 
 
@@ -355,26 +369,24 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     print(f"run_id: {run_id}  (model={model_name}, protocol={protocol})")
     splits = lake.read(spark, L.GOLD_SPLITS)
     train = train_split(splits, protocol=protocol).cache()
-    n_train = train.count()
-    if n_train == 0:
+    if train.limit(1).count() == 0:
         have = [r[0] for r in splits.select(S.PROTOCOL).distinct().collect()]
         raise ConfigError(
             f"gold/splits has no train rows for protocol '{protocol}' (protocols present: "
             f"{sorted(have)}); run `reclake split --protocol {protocol}` first"
         )
-    # cold-start counts are a side query: run it beside the fit instead of before it
-    from concurrent.futures import ThreadPoolExecutor
-
-    side = ThreadPoolExecutor(1)
-    cold = side.submit(_cold_counts, splits, train, protocol=protocol)
-    counts: dict[str, int] = {"train_rows": n_train}
+    counts = _cold_counts(spark, lake, splits, train, protocol=protocol)
+    if counts["heldout_rows_cold_user"] or counts["heldout_rows_cold_item"]:
+        log.info("cold start: %s (dropped by the split stage: %d rows); users without train "
+                 "rows get no recommendations, items without train rows are never recommended",
+                 counts, counts["heldout_rows_cold_dropped"])
     seen = seen_items(train) if cfg.recommend.exclude_seen else None
     secs: dict[str, float] = {}
     model_path = None
     params: dict[str, str] = {f"recommend.{k}": str(v) for k, v in to_dict(cfg.recommend).items()}
     if model_name == "als":
         params.update({f"als.{k}": str(v) for k, v in to_dict(cfg.als).items()})
-        with timed(log, f"ALS fit rank={cfg.als.rank} iters={cfg.als.max_iter} on {n_train:,} rows"):
+        with timed(log, f"ALS fit rank={cfg.als.rank} iters={cfg.als.max_iter}"):
             model, fit_secs = fit_and_write_als(spark, lake, train, cfg=cfg, run_id=run_id)
         secs.update(fit_secs)
         if cfg.als.save_model:
@@ -391,13 +403,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
         info["rows"] = counts["recommendation_rows"] = write_recommendations(lake, rows,
                                                                              run_id=run_id)
         secs["recommend"] = time.perf_counter() - t
-    counts.update(cold.result())
-    side.shutdown()
+    counts["train_rows"] = train.count()  # cached by now: no extra read
     train.unpersist()
-    if counts["heldout_users_without_train"] or counts["heldout_items_without_train"]:
-        log.info("cold start: %d held-out users and %d held-out items have no train rows; they "
-                 "get / are given no recommendations", counts["heldout_users_without_train"],
-                 counts["heldout_items_without_train"])
     record = {
         S.RUN_ID: run_id, S.MODEL: model_name, S.PROTOCOL: protocol,
         S.DATASET: cfg.run.dataset or cfg.ingest.source_format, "params": params,

@@ -150,6 +150,17 @@ def _ranking_aggs(k: int) -> list[Column]:
     ]
 
 
+def user_ndcg(recs: DataFrame, truth: DataFrame, *, k: int) -> DataFrame:
+    """``user_idx, ndcg`` for every user with truth items (0 for users without a hit or without
+    recommendations), the per-user values behind ``ndcg@k``: what bootstraps over users need."""
+    hits = F.filter(HIT_RANKS, lambda r: r <= k)
+    ideal = F.least(F.col(N_TRUTH), F.lit(k)).cast("int")
+    idcg = _sum(F.sequence(F.lit(1), ideal), lambda i: 1 / F.log2(i + 1))
+    ndcg = _sum(hits, lambda r: 1 / F.log2(r + 1)) / idcg
+    return user_hits(recs, truth, max_rank=k).where(F.col(N_TRUTH) > 0).select(
+        S.USER_IDX, ndcg.cast("double").alias("ndcg"))
+
+
 def _num(value) -> float:
     return math.nan if value is None else float(value)
 

@@ -131,13 +131,12 @@ def explain_users(
         y, known_items, yty = bc.value
         # the check scores only items the model has (unknown ids would look like zero vectors)
         seen_unknown = np.flatnonzero(~known_items)
+        names = schema.fieldNames()
         for pdf in batches:
-            out = []
-            for row in pdf.itertuples(index=False):
-                out.append(_explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k,
-                                        behaviors))
-            if out:
-                yield pd.concat(out, ignore_index=True)[list(schema.fieldNames())]
+            out = [_explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k,
+                                behaviors) for row in pdf.itertuples(index=False)]
+            if out:  # one DataFrame per batch: per-user frames cost more than the maths
+                yield pd.DataFrame({c: np.concatenate([o[c] for o in out]) for c in names})
 
     return users.mapInPandas(run, schema)
 
@@ -192,7 +191,7 @@ def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, beh
         cols[f"part_{b}"] = np.column_stack([part[:, :, b_i], rest_part[:, b_i]]).ravel()
     cols[LOO_DELTA] = np.column_stack([loo, np.full(n_r, np.nan)]).ravel()
     lv = np.column_stack([leaves, np.zeros(n_r, dtype=bool)]).astype(object)
-    lv[:, -1] = None
+    lv[:, -1] = None  # the residual row has no single source to remove
     cols[LOO_LEAVES] = lv.ravel()
     for b_i, b in enumerate(behaviors):
         cols[f"type_delta_{b}"] = per_rec(res["type_delta"][b_i])
@@ -201,7 +200,7 @@ def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, beh
     cols["top3_share"] = per_rec(res["conc"][:, 1])
     cols["effective_sources"] = per_rec(res["conc"][:, 2])
     cols["x_rel_err"] = np.full(n_r * reps, x_err)
-    return pd.DataFrame(cols)
+    return cols
 
 
 # --- aggregates ---------------------------------------------------------------------------------

@@ -152,9 +152,11 @@ def test_popularity_known_answer(spark, make_cfg):
     lake = Lake(cfg.lake)
     # item 5: 3 users, item 6: 2 users, items 7 and 8: 1 user each (tie -> 7 first)
     rows = [("train", 0, 5, 1), ("train", 1, 5, 1), ("train", 2, 5, 1), ("train", 0, 6, 1),
-            ("train", 1, 6, 1), ("train", 2, 7, 1), ("train", 1, 8, 1), ("test", 0, 7, 1)]
+            ("train", 1, 6, 1), ("train", 2, 7, 1), ("train", 1, 8, 1), ("test", 0, 7, 1),
+            ("test", 9, 5, 1)]  # user 9: held out without train history (cold)
     _write_splits(spark, lake, rows)
-    als.main(spark, cfg)
+    record = als.main(spark, cfg)
+    assert record["counts"]["heldout_rows_cold_user"] == 1
     got = lake.read(spark, L.GOLD_RECOMMENDATIONS).orderBy(S.USER_IDX, S.RANK).toPandas()
     as_lists = got.groupby(S.USER_IDX)[S.ITEM_IDX].apply(list).to_dict()
     assert as_lists == {0: [7, 8], 1: [7], 2: [6, 8]}

@@ -106,3 +106,146 @@ def test_gini_known_answers():
     assert gini_coefficient(np.array([1.0, 1.0, 1.0, 1.0])) == pytest.approx(0.0)
     assert gini_coefficient(np.array([0.0, 0.0, 0.0, 4.0])) == pytest.approx(0.75)
     assert np.isnan(gini_coefficient(np.zeros(3)))
+
+
+# --- the Spark job ---------------------------------------------------------------------------------
+
+
+def _lake_with_als_run(spark, make_cfg, run_id="inf-als"):
+    from datetime import datetime
+
+    from common import lake as L
+    from common import schema as S
+    from common.lake import Lake
+    from jobs import als
+
+    cfg = make_cfg(als__rank=4, als__max_iter=10, als__reg_param=0.1, als__alpha=0.5,
+                   als__num_user_blocks=2, als__num_item_blocks=2, als__save_model=False,
+                   recommend__k=4, run__run_id=run_id, influence__top_n=2, influence__pool=3)
+    rng = np.random.default_rng(5)
+    rows = []
+    for u in range(30):
+        items = rng.choice(25, int(rng.integers(2, 12)), replace=False)
+        for n, i in enumerate(items):
+            view = float(np.log1p(rng.integers(1, 4)))
+            buy = float(8 * np.log1p(1)) if rng.random() < 0.3 else 0.0
+            split = "test" if n == 0 else "train"
+            rows.append(("stratified", split, u, int(i), view + buy, datetime(2024, 1, 1),
+                         view, buy))
+    df = spark.createDataFrame(
+        rows, f"{S.PROTOCOL} string, {S.SPLIT} string, {S.USER_IDX} int, {S.ITEM_IDX} int, "
+              f"{S.CONFIDENCE} double, {S.TS} timestamp, conf_view double, conf_purchase double")
+    lake = Lake(cfg.lake)
+    lake.write(df, L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
+    als.main(spark, cfg)
+    return cfg, lake, rows
+
+
+@pytest.mark.spark
+def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, make_cfg, capsys):
+    from common import lake as L
+    from common import schema as S
+    from jobs import influence
+
+    cfg, lake, rows = _lake_with_als_run(spark, make_cfg)
+    summary = influence.main(spark, cfg)
+    assert summary["x_rel_err_max"] <= 1e-4  # recomputed x_u vs Spark's stored user factors
+    assert "Behaviour-type influence" in capsys.readouterr().out
+    ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).toPandas()
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).toPandas()
+    assert len(ec) == len(recs) * 3  # top_n = 2 sources + 1 residual per recommendation
+    # contributions (residual included) sum to the score; the score is Spark's (float32) score
+    per_rec = ec.groupby([S.USER_IDX, "rec_item_idx"]).agg(
+        total=("contribution", "sum"), score=("score", "first"))
+    np.testing.assert_allclose(per_rec["total"], per_rec["score"], rtol=1e-9)
+    stored = recs.set_index([S.USER_IDX, S.ITEM_IDX])[S.SCORE]
+    got = per_rec["score"].rename_axis([S.USER_IDX, S.ITEM_IDX])
+    np.testing.assert_allclose(got.sort_index(), stored.sort_index(), rtol=1e-4, atol=1e-5)
+    # behaviour parts sum to the contribution
+    np.testing.assert_allclose(ec["part_base"] + ec["part_view"] + ec["part_purchase"],
+                               ec["contribution"], rtol=1e-9, atol=1e-12)
+    # leave-one-out deltas equal a brute-force re-solve on the stored item factors
+    itf = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).toPandas()
+    y = np.zeros((25, 4))
+    y[itf[S.IDX].to_numpy()] = np.stack(itf[S.FACTORS].to_numpy())
+    yty = I.gram(y)
+    train = [(u, i, c) for _, s, u, i, c, *_ in rows if s == "train"]
+    checked = 0
+    for r in ec[ec["source_item_idx"] >= 0].itertuples():
+        hist = [(i, c) for u, i, c in train if u == r.user_idx and i != r.source_item_idx]
+        x = I.solve_user(yty, y[[i for i, _ in hist]], np.array([c for _, c in hist]),
+                         alpha=0.5, reg=0.1)
+        assert r.loo_delta == pytest.approx(y[r.rec_item_idx] @ x - r.score, rel=1e-8, abs=1e-10)
+        checked += 1
+    assert checked > 50
+    # behaviour-type shares over all users sum to one
+    bt = lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE).where("segment = 'all'").toPandas()
+    assert set(bt[S.BEHAVIOR]) == {"base", "view", "purchase"}
+    assert bt["score_share"].sum() == pytest.approx(1.0, rel=1e-9)
+    # re-running the run replaces its rows
+    influence.main(spark, cfg)
+    assert lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).count() == len(ec)
+    assert lake.read(spark, L.INFLUENCE_USERS).count() == recs[S.USER_IDX].nunique()
+
+
+def test_shapley_values_known_answers_and_efficiency():
+    from jobs.ablation import all_subsets, shapley_values
+
+    players = ["view", "cart", "fav"]
+    # additive game: each player's value is its own worth
+    worth = {"view": 0.1, "cart": 0.05, "fav": -0.02}
+    v = {frozenset(s): 0.3 + sum(worth[p] for p in s) for s in all_subsets(players)}
+    assert shapley_values(v, players) == pytest.approx(worth)
+    # a random game: values sum to v(all) - v(empty), and symmetric players share equally
+    rng = np.random.default_rng(0)
+    v = {frozenset(s): float(rng.random()) for s in all_subsets(players)}
+    phi = shapley_values(v, players)
+    assert sum(phi.values()) == pytest.approx(v[frozenset(players)] - v[frozenset()])
+    # only together: view and cart are worth 1 together, nothing alone
+    v = {frozenset(s): float({"view", "cart"} <= set(s)) for s in all_subsets(players)}
+    assert shapley_values(v, players) == pytest.approx({"view": 0.5, "cart": 0.5, "fav": 0.0})
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_ablation_writes_shapley_values_that_sum_to_the_gain(spark, make_cfg):
+    from datetime import datetime
+
+    from common import lake as L
+    from common import schema as S
+    from common.lake import Lake
+    from jobs import ablation
+
+    cfg = make_cfg(split__protocol="temporal", als__rank=3, als__max_iter=5,
+                   als__num_user_blocks=1, als__num_item_blocks=1, recommend__k=5,
+                   influence__ablation_seeds=[1, 2, 3], influence__bootstrap=50,
+                   run__run_id="abl")
+    rng = np.random.default_rng(2)
+    rows = []
+    for u in range(40):
+        for i in rng.choice(30, 8, replace=False):
+            view = float(rng.random() < 0.8)
+            cart = float(rng.random() < 0.3) * 4
+            buy = float(rng.random() < 0.3) * 8
+            split = "test" if rng.random() < 0.2 else "train"
+            if split == "test":
+                buy = max(buy, 8.0 * (rng.random() < 0.5))
+            conf = view + cart + buy
+            if conf:
+                rows.append(("temporal", split, u, int(i), conf, datetime(2024, 1, 1), view, cart,
+                             buy, int(buy > 0)))
+    df = spark.createDataFrame(
+        rows, f"{S.PROTOCOL} string, {S.SPLIT} string, {S.USER_IDX} int, {S.ITEM_IDX} int, "
+              f"{S.CONFIDENCE} double, {S.TS} timestamp, conf_view double, conf_cart double, "
+              f"conf_purchase double, cnt_purchase int")
+    lake = Lake(cfg.lake)
+    lake.write(df, L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
+    out = ablation.main(spark, cfg)
+    assert set(out["shapley"]) == {"view", "cart"}
+    assert sum(out["shapley"].values()) == pytest.approx(out["v_all"] - out["v_empty"], abs=1e-12)
+    table = lake.read(spark, L.INFLUENCE_BEHAVIOR_SHAPLEY).toPandas()
+    shap = table[table["kind"] == "shapley"]
+    assert len(shap) == 2 and (shap["ci_low"] <= shap["ci_high"]).all()
+    assert len(table[table["kind"] == "subset"]) == 4
+    ablation.main(spark, cfg)  # re-run replaces
+    assert lake.read(spark, L.INFLUENCE_BEHAVIOR_SHAPLEY).count() == 6

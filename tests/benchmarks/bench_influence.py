@@ -1,0 +1,168 @@
+"""Influence benchmark: the reclake influence job against benfred/implicit's ``explain`` in a loop,
+and the job's time per user as the number of users grows 4x.
+
+    make bench-influence
+    python tests/benchmarks/bench_influence.py --users 100000 --items 30000 --interactions 2000000
+
+Data as in ``bench_als.py`` (generated implicit feedback, Zipf items, taste clusters), at the full
+size and at a quarter of the users (same items and activity per user). On each: one ALS run
+(``--rank``, ``--iters``) with top-10 for every user, then ``jobs.influence.main`` explains every
+recommendation (all contributions, behaviour parts, exact leave-one-out deltas, leaves-top-K
+checks, four aggregate tables). Its wall time per explained recommendation is compared with
+``implicit.cpu.als.AlternatingLeastSquares.explain`` on the same factors and confidences (its
+Cholesky factor reused across a user's recommendations, as its docs advise) over a sample of
+users; the first few answers are checked to be the same numbers.
+
+Targets: implicit / reclake time per recommendation >= 10; reclake's time per user at the full
+size within ±20% of the quarter size. The last line, ``BENCH_INFLUENCE_RESULT {json}``, holds
+every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import lake as L
+from common import schema as S
+from common.config import load_config
+from common.lake import Lake
+from common.spark import get_spark
+from jobs import als, influence
+
+RESULT_PREFIX = "BENCH_INFLUENCE_RESULT "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=30_000)
+    p.add_argument("--interactions", type=int, default=2_000_000)
+    p.add_argument("--rank", type=int, default=64)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--implicit-users", type=int, default=500)
+    p.add_argument("--workdir", default="./bench-out/influence")
+    p.add_argument("--driver-memory", default="8g")
+    return p.parse_args(argv)
+
+
+def build(spark, cfg, users, items, interactions, seed=11):
+    from bench_als import generate_pairs  # same directory
+
+    lake = Lake(cfg.lake)
+    pairs = generate_pairs(users, items, interactions, seed)
+    # two behaviours so the parts are non-trivial: view counts and, for some pairs, a purchase
+    rng = np.random.default_rng(seed)
+    buy = np.where(rng.random(len(pairs)) < 0.1, 8 * np.log1p(1.0), 0.0)
+    pairs["conf_view"] = pairs[S.CONFIDENCE]
+    pairs["conf_purchase"] = buy
+    pairs[S.CONFIDENCE] = pairs["conf_view"] + pairs["conf_purchase"]
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(pairs).select(
+        F.lit("stratified").alias(S.PROTOCOL), F.lit("train").alias(S.SPLIT),
+        F.col(S.USER_IDX).cast("int"), F.col(S.ITEM_IDX).cast("int"), S.CONFIDENCE,
+        F.lit(None).cast("timestamp").alias(S.TS), "conf_view", "conf_purchase")
+    lake.write(df, L.GOLD_SPLITS, partition_by=[S.PROTOCOL], overwrite_schema=True)
+    return pairs
+
+
+def implicit_loop(lake_root, spark, run_id, pairs, n_users, alpha, reg):
+    """Seconds per recommendation of implicit's explain, and a check against our rows."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from implicit.cpu.als import AlternatingLeastSquares
+    from scipy.sparse import csr_matrix
+
+    lake = Lake(lake_root)
+    itf = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).where(f"run_id = '{run_id}'").toPandas()
+    y = np.zeros((int(itf[S.IDX].max()) + 1, len(itf[S.FACTORS].iloc[0])))
+    y[itf[S.IDX].to_numpy()] = np.stack(itf[S.FACTORS].to_numpy())
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(f"run_id = '{run_id}'").toPandas()
+    users = np.sort(recs[S.USER_IDX].unique())[:n_users]
+    recs = recs[recs[S.USER_IDX].isin(users)]
+    sub = pairs[pairs[S.USER_IDX].isin(users)]
+    n_u = sub.groupby(S.USER_IDX).size()
+    # implicit's convention: user_items hold c = 1 + alpha r; regularization λ n_u set per user
+    c = 1.0 + alpha * sub[S.CONFIDENCE].to_numpy()
+    ui = csr_matrix((c, (sub[S.USER_IDX].to_numpy(), sub[S.ITEM_IDX].to_numpy())),
+                    shape=(int(users.max()) + 1, y.shape[0]))
+    model = AlternatingLeastSquares(factors=y.shape[1], alpha=1.0)
+    model.item_factors = y
+    model.user_factors = np.zeros((ui.shape[0], y.shape[1]))
+    t = time.perf_counter()
+    n = 0
+    answers = {}
+    for u, grp in recs.groupby(S.USER_IDX):
+        model.regularization = reg * int(n_u[u])
+        weights = None
+        for item in grp[S.ITEM_IDX]:
+            score, top, weights = model.explain(int(u), ui, int(item), user_weights=weights, N=5)
+            answers[(int(u), int(item))] = score
+            n += 1
+    secs = time.perf_counter() - t
+    ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).where(
+        f"run_id = '{run_id}' AND source_rank = 1").select(S.USER_IDX, "rec_item_idx", S.SCORE)
+    ours = {(r[0], r[1]): r[2] for r in ec.where(ec[S.USER_IDX].isin([int(x) for x in users[:20]]))
+            .collect()}
+    worst = max(abs(ours[key] - answers[key]) / max(abs(answers[key]), 1e-12) for key in ours)
+    return secs / n, n, worst
+
+
+def one_size(spark, a, users, interactions, work: Path) -> dict:
+    cfg = load_config(values={
+        "lake": str(work / f"lake-{users}"), "spark.driver_memory": a.driver_memory,
+        "als.rank": a.rank, "als.max_iter": a.iters, "als.save_model": False,
+        "run.run_id": f"inf-{users}", "run.dataset": "generated"})
+    shutil.rmtree(cfg.lake, ignore_errors=True)
+    pairs = build(spark, cfg, users, a.items, interactions)
+    rec = als.main(spark, cfg)
+    t = time.perf_counter()
+    summary = influence.main(spark, cfg)
+    secs = time.perf_counter() - t
+    n_recs, n_users = summary["recommendations"], summary["users"]
+    out = {"users": n_users, "recommendations": n_recs, "interactions": len(pairs),
+           "influence_s": secs, "per_rec_ms": 1e3 * secs / n_recs,
+           "per_user_ms": 1e3 * secs / n_users, "x_rel_err_max": summary["x_rel_err_max"],
+           "als_s": sum(rec["seconds"].values())}
+    print(f"{n_users:,} users: influence {secs:.1f}s = {out['per_rec_ms']:.3f} ms/rec, "
+          f"{out['per_user_ms']:.2f} ms/user (x err {summary['x_rel_err_max']:.1e})", flush=True)
+    return out, cfg, pairs
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    work = Path(a.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    base = load_config(values={"lake": str(work / "lake"), "spark.driver_memory": a.driver_memory})
+    spark = get_spark(base)
+    # warm-up on a small lake (JIT, Python workers, Delta)
+    one_size(spark, dataclasses.replace(a, rank=8, iters=1), 2000, 40_000, work / "warm")
+    quarter, _, _ = one_size(spark, a, a.users // 4, a.interactions // 4, work)
+    full, cfg, pairs = one_size(spark, a, a.users, a.interactions, work)
+    imp_per_rec, imp_n, worst = implicit_loop(cfg.lake, spark, cfg.run.run_id, pairs,
+                                              a.implicit_users, cfg.als.alpha, cfg.als.reg_param)
+    speedup = imp_per_rec / (full["per_rec_ms"] / 1e3)
+    flat = full["per_user_ms"] / quarter["per_user_ms"]
+    print(f"\nimplicit explain loop: {1e3 * imp_per_rec:.3f} ms/rec over {imp_n:,} recommendations "
+          f"(scores agree with ours to {worst:.1e} relative)")
+    print(f"reclake influence job: {full['per_rec_ms']:.3f} ms/rec -> {speedup:.1f}x faster "
+          f"(target >= 10x)")
+    print(f"time per user, {full['users']:,} vs {quarter['users']:,} users: {flat:.3f} "
+          f"(target 0.8..1.2)")
+    result = {"full": full, "quarter": quarter, "implicit_ms_per_rec": 1e3 * imp_per_rec,
+              "implicit_recs": imp_n, "speedup": speedup, "per_user_ratio": flat,
+              "implicit_max_rel_diff": worst}
+    print(RESULT_PREFIX + json.dumps(result, default=float))
+    spark.stop()
+    return result
+
+
+if __name__ == "__main__":
+    main()
