@@ -1,5 +1,5 @@
 """Run the whole pipeline on generated data: generate -> ingest -> transform -> split -> ALS and
-popularity -> evaluate.
+popularity -> evaluate -> influence.
 
     reclake demo            # ./demo-data and ./lake
     reclake --lake /tmp/lake demo --events 200000
@@ -20,7 +20,7 @@ from common import lake as L
 from common.config import Config
 from common.lake import Lake
 from common.log import get_logger
-from jobs import als, evaluate, generate, ingest, split, transform
+from jobs import als, evaluate, generate, influence, ingest, split, transform
 
 log = get_logger("demo")
 
@@ -48,21 +48,21 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     if cfg.generate.dirty_rate == 0.0:  # the demo shows quarantine at work unless told otherwise
         cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, dirty_rate=0.01))
     gen_cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, formats=("csv",)))
-    print(f"== 1/6 generate {cfg.generate.events:,} events -> {cfg.generate.out}")
+    print(f"== 1/7 generate {cfg.generate.events:,} events -> {cfg.generate.out}")
     generate.main(None, gen_cfg)
-    print("== 2/6 ingest (bronze, quarantine, silver, indices, audit)")
+    print("== 2/7 ingest (bronze, quarantine, silver, indices, audit)")
     ingest_cfg = dataclasses.replace(
         cfg, ingest=dataclasses.replace(cfg.ingest, source_format="generic",
                                         path=f"{cfg.generate.out}/csv")
     )
     ingest.main(spark, ingest_cfg)
-    print("== 3/6 transform (gold)")
+    print("== 3/7 transform (gold)")
     transform.main(spark, cfg)
-    print("== 4/6 split (stratified, temporal, leave_last_out)")
+    print("== 4/7 split (stratified, temporal, leave_last_out)")
     for protocol in ("stratified", "temporal", "leave_last_out"):
         split.main(spark, dataclasses.replace(
             cfg, split=dataclasses.replace(cfg.split, protocol=protocol)))
-    print("== 5/6 models on the stratified split: ALS and the popularity baseline")
+    print("== 5/7 models on the stratified split: ALS and the popularity baseline")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     run_ids = []
     for model in ("als", "popularity"):
@@ -72,7 +72,7 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
                                     dataset=cfg.run.dataset or "demo-generated"))
         als.main(spark, run_cfg)
         run_ids.append(run_cfg)
-    print("== 6/6 evaluate against the test split")
+    print("== 6/7 evaluate against the test split")
     metric_rows = []
     for run_cfg in run_ids:
         rows = evaluate.evaluate_run(
@@ -93,6 +93,10 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     for r in audit.collect():
         print(f"  batch {r.batch_id}: {r.rows_in:,} = {r.rows_clean_new:,} + {r.rows_duplicate:,}"
               f" + {r.rows_quarantined:,}")
+    print("== 7/7 influence: which behaviours drive the ALS recommendations")
+    als_cfg = run_ids[0]
+    influence.main(spark, als_cfg)
+
     print("\nRanking metrics (metrics/evaluation), test split of the stratified protocol:")
     print(evaluate.format_table(metric_rows))
     print(f"""
