@@ -75,7 +75,7 @@ def shapley_values(v: dict[frozenset, float], players: list[str]) -> dict[str, f
             for sub in itertools.combinations(others, r):
                 s = frozenset(sub)
                 total += w * (v[s | {b}] - v[s])
-        out[b] = total
+        out[b] = float(total)
     return out
 
 

@@ -81,6 +81,9 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
         evaluate.write_evaluation(spark, Lake(cfg.lake), rows, run_id=run_cfg.run.run_id,
                                   target="all")
         metric_rows += rows
+    print("== 7/7 influence: which behaviours drive the ALS recommendations")
+    als_cfg = run_ids[0]
+    influence.main(spark, als_cfg)
 
     lake = Lake(cfg.lake)
     rows = table_summary(spark, lake)
@@ -93,9 +96,6 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     for r in audit.collect():
         print(f"  batch {r.batch_id}: {r.rows_in:,} = {r.rows_clean_new:,} + {r.rows_duplicate:,}"
               f" + {r.rows_quarantined:,}")
-    print("== 7/7 influence: which behaviours drive the ALS recommendations")
-    als_cfg = run_ids[0]
-    influence.main(spark, als_cfg)
 
     print("\nRanking metrics (metrics/evaluation), test split of the stratified protocol:")
     print(evaluate.format_table(metric_rows))
