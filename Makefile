@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl bench-als reproduce-ml100k reproduce-taobao clean
+.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence reproduce-ml100k reproduce-taobao clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-etl: install
 
 bench-als: install
 	$(BIN)/python tests/benchmarks/bench_als.py $(BENCH_ARGS)
+
+bench-influence: install
+	$(BIN)/python tests/benchmarks/bench_influence.py $(BENCH_ARGS)
 
 # The README's real-data figures, one command each (RECLAKE_DATA_DIR: folder with the datasets).
 RECLAKE_DATA_DIR ?= ../shared/data

@@ -88,27 +88,39 @@ def rec_schema(behaviors: list[str]) -> T.StructType:
 
 
 def user_inputs(history: DataFrame, recs: DataFrame, user_factors: DataFrame,
-                behaviors: list[str]) -> DataFrame:
+                behaviors: list[str], item_factors: DataFrame | None = None) -> DataFrame:
     """One row per user with recommendations: ``hist_items, hist_conf, hist_parts`` (arrays,
-    parts as one flat array of n*B), ``rec_items, rec_ranks``, ``stored_x``."""
+    parts as one flat array of n*B), ``rec_items, rec_ranks``, ``stored_x``; with
+    ``item_factors`` (``idx, factors``: the joined path) also ``hist_factors`` and
+    ``rec_factors`` (flat arrays of n*k and R*k)."""
     parts = F.array(*[F.col(S.conf_col(b)).cast("double") for b in behaviors])
-    h = history.groupBy(S.USER_IDX).agg(
-        F.collect_list(F.struct(
-            F.col(S.ITEM_IDX).alias("i"), F.col(S.CONFIDENCE).alias("c"), parts.alias("p")
-        )).alias("_h"))
-    h = h.select(S.USER_IDX, F.col("_h.i").alias("hist_items"), F.col("_h.c").alias("hist_conf"),
-                 F.flatten(F.col("_h.p")).alias("hist_parts"))
-    r = recs.groupBy(S.USER_IDX).agg(F.sort_array(F.collect_list(
-        F.struct(F.col(S.RANK).alias("r"), F.col(S.ITEM_IDX).alias("i")))).alias("_r"))
-    r = r.select(S.USER_IDX, F.col("_r.i").alias("rec_items"), F.col("_r.r").alias("rec_ranks"))
+    hist_fields = [F.col(S.ITEM_IDX).alias("i"), F.col(S.CONFIDENCE).alias("c"), parts.alias("p")]
+    rec_fields = [F.col(S.RANK).alias("r"), F.col(S.ITEM_IDX).alias("i")]
+    if item_factors is not None:
+        f = item_factors.select(F.col(S.IDX).alias(S.ITEM_IDX), F.col(S.FACTORS).alias("_f"))
+        history = history.join(f, S.ITEM_IDX)
+        recs = recs.join(f, S.ITEM_IDX)
+        hist_fields.append(F.col("_f").alias("f"))
+        rec_fields.append(F.col("_f").alias("f"))
+    h = history.groupBy(S.USER_IDX).agg(F.collect_list(F.struct(*hist_fields)).alias("_h"))
+    hist_cols = [F.col("_h.i").alias("hist_items"), F.col("_h.c").alias("hist_conf"),
+                 F.flatten(F.col("_h.p")).alias("hist_parts")]
+    r = recs.groupBy(S.USER_IDX).agg(F.sort_array(F.collect_list(F.struct(*rec_fields)))
+                                     .alias("_r"))
+    rec_cols = [F.col("_r.i").alias("rec_items"), F.col("_r.r").alias("rec_ranks")]
+    if item_factors is not None:
+        hist_cols.append(F.flatten(F.col("_h.f")).alias("hist_factors"))
+        rec_cols.append(F.flatten(F.col("_r.f")).alias("rec_factors"))
+    h = h.select(S.USER_IDX, *hist_cols)
+    r = r.select(S.USER_IDX, *rec_cols)
     uf = user_factors.select(F.col(S.IDX).alias(S.USER_IDX), F.col(S.FACTORS).alias("stored_x"))
     return r.join(h, S.USER_IDX, "inner").join(uf, S.USER_IDX, "left")
 
 
 def explain_users(
     users: DataFrame,
-    item_ids: np.ndarray,
-    item_factors: np.ndarray,
+    item_ids: np.ndarray | None,
+    item_factors: np.ndarray | None,
     *,
     behaviors: list[str],
     alpha: float,
@@ -116,21 +128,31 @@ def explain_users(
     top_n: int,
     pool: int,
     k: int,
+    yty: np.ndarray | None = None,
 ) -> DataFrame:
-    """Run the per-user kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`."""
-    n_items = int(item_ids.max()) + 1 if len(item_ids) else 0
-    dense = np.zeros((n_items, item_factors.shape[1]), dtype=np.float64)
-    dense[item_ids] = item_factors
-    known = np.zeros(n_items, dtype=bool)
-    known[item_ids] = True
-    bc = users.sparkSession.sparkContext.broadcast((dense, known, I.gram(dense)))
+    """Run the per-user kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`.
+
+    With ``item_ids`` / ``item_factors`` the factors are broadcast and every recommendation gets
+    the exact leaves-top-K checks. With ``None`` (the joined path, for catalogues above
+    ``influence.broadcast_max_mb``) the rows carry their items' factors, ``yty`` must be given,
+    and the leaves-top-K columns are null (they need every item's score)."""
+    if item_factors is not None:
+        n_items = int(item_ids.max()) + 1 if len(item_ids) else 0
+        dense = np.zeros((n_items, item_factors.shape[1]), dtype=np.float64)
+        dense[item_ids] = item_factors
+        known = np.zeros(n_items, dtype=bool)
+        known[item_ids] = True
+        yty = I.gram(dense)
+    else:
+        dense = known = None
+    bc = users.sparkSession.sparkContext.broadcast((dense, known, yty))
     n_b = len(behaviors)
     schema = rec_schema(behaviors)
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         y, known_items, yty = bc.value
         # the check scores only items the model has (unknown ids would look like zero vectors)
-        seen_unknown = np.flatnonzero(~known_items)
+        seen_unknown = np.flatnonzero(~known_items) if known_items is not None else None
         names = schema.fieldNames()
         for pdf in batches:
             out = [_explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k,
@@ -147,9 +169,16 @@ def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, beh
     parts = np.asarray(row.hist_parts, dtype=np.float64).reshape(len(hist), n_b)
     recs = np.asarray(row.rec_items, dtype=np.int64)
     ranks = np.asarray(row.rec_ranks, dtype=np.int32)
-    x = I.solve_user(yty, y[hist], ratings, alpha=alpha, reg=reg)
-    check = I.TopKCheck(x, y, np.concatenate([hist, seen_unknown]), recs, k=k, pool=pool)
-    res = I.explain_recommendations(yty, y[hist], ratings, parts, y[recs], alpha=alpha, reg=reg,
+    if y is not None:
+        yh, yr = y[hist], y[recs]
+        x = I.solve_user(yty, yh, ratings, alpha=alpha, reg=reg)
+        check = I.TopKCheck(x, y, np.concatenate([hist, seen_unknown]), recs, k=k, pool=pool)
+    else:  # joined path: the row carries its items' factors
+        rank = yty.shape[0]
+        yh = np.asarray(row.hist_factors, dtype=np.float64).reshape(len(hist), rank)
+        yr = np.asarray(row.rec_factors, dtype=np.float64).reshape(len(recs), rank)
+        check = None
+    res = I.explain_recommendations(yty, yh, ratings, parts, yr, alpha=alpha, reg=reg,
                                     top_n=top_n, check=check)
     stored = row.stored_x
     x_err = (float(np.linalg.norm(res["x"] - np.asarray(stored, dtype=np.float64))
@@ -163,6 +192,8 @@ def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, beh
     part = res["parts"][rr, top]  # (R, N, B)
     loo = res["loo_delta"][rr, top]
     leaves = res["loo_leaves"]
+    if leaves is None:
+        leaves = np.full(top.shape, None, dtype=object)
     rest_c = res["contrib"].sum(axis=1) - contrib.sum(axis=1)
     rest_base = res["base"].sum(axis=1) - base.sum(axis=1)
     rest_part = res["parts"].sum(axis=1) - part.sum(axis=1)  # (R, B)
@@ -195,12 +226,28 @@ def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, beh
     cols[LOO_LEAVES] = lv.ravel()
     for b_i, b in enumerate(behaviors):
         cols[f"type_delta_{b}"] = per_rec(res["type_delta"][b_i])
-        cols[f"type_leaves_{b}"] = per_rec(res["type_leaves"][b_i])
+        cols[f"type_leaves_{b}"] = (per_rec(res["type_leaves"][b_i])
+                                    if res["type_leaves"] is not None
+                                    else np.full(n_r * reps, None, dtype=object))
     cols["top1_share"] = per_rec(res["conc"][:, 0])
     cols["top3_share"] = per_rec(res["conc"][:, 1])
     cols["effective_sources"] = per_rec(res["conc"][:, 2])
     cols["x_rel_err"] = np.full(n_r * reps, x_err)
     return cols
+
+
+def distributed_gram(item_factors: DataFrame, rank: int) -> np.ndarray:
+    """YᵀY (float64) summed from per-partition partial products: no item matrix on the driver."""
+    def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        g = np.zeros((rank, rank))
+        for pdf in batches:
+            if len(pdf):
+                y = np.stack(pdf[S.FACTORS].to_numpy()).astype(np.float64)
+                g += y.T @ y
+        yield pd.DataFrame({"g": [g.ravel()]})
+
+    parts = item_factors.select(S.FACTORS).mapInPandas(partial, "g array<double>").collect()
+    return np.sum([np.asarray(p["g"]) for p in parts], axis=0).reshape(rank, rank)
 
 
 # --- aggregates ---------------------------------------------------------------------------------
@@ -338,12 +385,22 @@ def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str):
         raise ConfigError(f"run '{run_id}' has no rows in {L.GOLD_RECOMMENDATIONS}")
     items = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).where(F.col(S.RUN_ID) == run_id)
     users = lake.read(spark, L.MODELS_ALS_USER_FACTORS).where(F.col(S.RUN_ID) == run_id)
-    ipdf = items.select(S.IDX, S.FACTORS).toPandas()
-    ids = ipdf[S.IDX].to_numpy(np.int64)
-    fac = np.stack(ipdf[S.FACTORS].to_numpy()).astype(np.float64)
-    inputs = user_inputs(history, recs, users, behaviors)
-    rows = explain_users(inputs, ids, fac, behaviors=behaviors, alpha=alpha, reg=reg,
-                         top_n=cfg.influence.top_n, pool=cfg.influence.pool, k=int(k))
+    n_items = items.count()
+    rank = len(items.select(S.FACTORS).first()[0])
+    fit = n_items * rank * 8 <= cfg.influence.broadcast_max_mb * 2**20
+    common = dict(behaviors=behaviors, alpha=alpha, reg=reg, top_n=cfg.influence.top_n,
+                  pool=cfg.influence.pool, k=int(k))
+    if fit:
+        ipdf = items.select(S.IDX, S.FACTORS).toPandas()
+        ids = ipdf[S.IDX].to_numpy(np.int64)
+        fac = np.stack(ipdf[S.FACTORS].to_numpy()).astype(np.float64)
+        inputs = user_inputs(history, recs, users, behaviors)
+        rows = explain_users(inputs, ids, fac, **common)
+    else:
+        log.info("item factors (%d x %d) above influence.broadcast_max_mb: joined to the rows "
+                 "that need them; leaves-top-K checks skipped (null)", n_items, rank)
+        inputs = user_inputs(history, recs, users, behaviors, item_factors=items)
+        rows = explain_users(inputs, None, None, yty=distributed_gram(items, rank), **common)
     return rows.withColumn(S.RUN_ID, F.lit(run_id)), behaviors
 
 
