@@ -265,3 +265,225 @@ def explain_recommendations(
         "parts": part, "loo_delta": loo_delta, "loo_leaves": loo_leaves,
         "type_leaves": type_leaves, "type_delta": type_delta, "conc": conc,
     }
+
+
+# --- batched kernel: many users at once --------------------------------------------------------
+
+
+def explain_group(
+    yty: np.ndarray,
+    gather,
+    ratings: np.ndarray,
+    parts: np.ndarray,
+    rec_factors: np.ndarray,
+    *,
+    alpha: float,
+    reg: float,
+    top_n: int,
+    chunk: int = 4096,
+) -> dict:
+    """:func:`explain_recommendations` for U users with the same history length n and R recs,
+    in stacked NumPy: the per-user Python cost is gone, and the history is walked in column
+    chunks so a very heavy user needs O(chunk·(k + R)) memory, not O(n·R·B).
+
+    Args:
+        yty: (k, k) Gram of all item factors.
+        gather: ``gather(sl) -> (U, m, k)`` float64 factors of history columns ``sl`` (a slice).
+        ratings: (U, n) r_j > 0; parts: (U, n, B) per-behaviour parts of r_j.
+        rec_factors: (U, R, k).
+
+    Returns a dict of arrays (N = min(top_n, n)): ``x`` (U, k), ``scores`` (U, R), ``top_src``
+    (U, R, N) history positions by descending |contribution| (ties: lower position first),
+    ``contrib``/``base``/``loo_delta`` (U, R, N), ``parts`` (U, R, N, B), totals over the whole
+    history ``tot_contrib``/``tot_base`` (U, R) and ``tot_parts`` (U, R, B), ``conc`` (U, R, 3),
+    ``type_x`` (U, B, k) user vectors with each type removed, ``type_delta`` (U, B, R),
+    ``loo_w`` (U, k), ``loo_coef`` (U, R, N) and ``loo_z`` (U, R, N, k): the counterfactual
+    vector of top source (r, s) is ``loo_w + loo_coef * loo_z`` (zero for n = 1).
+    """
+    r = np.asarray(ratings, dtype=np.float64)
+    parts = np.asarray(parts, dtype=np.float64)
+    yr = np.asarray(rec_factors, dtype=np.float64)
+    u_n, n = r.shape
+    n_r, k = yr.shape[1:]
+    n_b = parts.shape[2]
+    ar = alpha * r
+    c = 1.0 + ar
+    # per behaviour type removed: r - part; an item left with nothing leaves the history
+    r_t = r[:, None, :] - np.moveaxis(parts, 2, 1)  # (U, B, n)
+    keep_t = r_t > 1e-12 * np.maximum(r, 1.0)[:, None, :]
+    ar_t = np.where(keep_t, alpha * r_t, 0.0)
+    c_t = np.where(keep_t, 1.0 + alpha * r_t, 0.0)
+    n_t = keep_t.sum(axis=2)  # (U, B)
+    eye = np.eye(k)
+    a = np.broadcast_to(yty, (u_n, k, k)).copy()
+    b = np.zeros((u_n, k))
+    a_t = np.broadcast_to(yty, (u_n, n_b, k, k)).copy()
+    b_t = np.zeros((u_n, n_b, k))
+    steps = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    for sl in steps:
+        y = gather(sl)  # (U, m, k)
+        yt = y.transpose(0, 2, 1)
+        a += (yt * ar[:, None, sl]) @ y
+        b += np.einsum("umk,um->uk", y, c[:, sl])
+        a_t += (yt[:, None] * ar_t[:, :, None, sl]) @ y[:, None]
+        b_t += np.einsum("umk,ubm->ubk", y, c_t[:, :, sl])
+    a += (reg * n) * eye
+    a_t += (reg * n_t)[:, :, None, None] * eye
+    sol = np.linalg.solve(a, np.concatenate([b[:, :, None], yr.transpose(0, 2, 1)], axis=2))
+    x, ai_yr = sol[:, :, 0], sol[:, :, 1:]  # A^-1 b, A^-1 y_i
+    scores = np.einsum("urk,uk->ur", yr, x)
+    type_x = np.zeros((u_n, n_b, k))
+    has = n_t > 0  # a user with only that behaviour has no history left: x = 0
+    if has.any():
+        type_x[has] = np.linalg.solve(a_t[has], b_t[has][:, :, None])[:, :, 0]
+    type_delta = np.einsum("urk,ubk->ubr", yr, type_x) - scores[:, None, :]
+    loo = n >= 2  # n = 1: removing the only item leaves an empty history, x' = 0
+    if loo:
+        m_inv = np.linalg.inv(a - reg * eye)  # M = A - λI, positive definite for n >= 2
+        w = np.einsum("ukl,ul->uk", m_inv, b)
+        mi_yr = m_inv @ yr.transpose(0, 2, 1)  # (U, k, R)
+        yr_w = np.einsum("urk,uk->ur", yr, w)
+    else:
+        w = np.zeros((u_n, k))
+    n_keep = min(top_n, n)
+    tot_c = np.zeros((u_n, n_r))
+    tot_base = np.zeros((u_n, n_r))
+    tot_parts = np.zeros((u_n, n_r, n_b))
+    pos_sum = np.zeros((u_n, n_r))
+    pos_sq = np.zeros((u_n, n_r))
+    pos_top = np.zeros((u_n, n_r, 0))
+    keep = None  # running top-N: dict of (U, R, N') arrays
+    for sl in steps:
+        y = gather(sl)
+        yt = y.transpose(0, 2, 1)
+        sim = ai_yr.transpose(0, 2, 1) @ yt  # (U, R, m): y_i^T A^-1 y_j
+        contrib = sim * c[:, None, sl]
+        tot_c += contrib.sum(axis=2)
+        tot_base += sim.sum(axis=2)
+        tot_parts += sim @ (alpha * parts[:, sl, :])
+        pos = np.maximum(contrib, 0.0)
+        pos_sum += pos.sum(axis=2)
+        pos_sq += (pos * pos).sum(axis=2)
+        pos_top = -np.sort(-np.concatenate([pos_top, pos], axis=2), axis=2)[:, :, :3]
+        if loo:
+            ym = y @ m_inv  # (U, m, k): (M^-1 y_j)^T
+            d = (ym * y).sum(axis=2)
+            yw = np.einsum("umk,uk->um", y, w)
+            ar_c, c_c = ar[:, sl], c[:, sl]
+            coef = ar_c * (yw - c_c * d) / (1.0 - ar_c * d) - c_c  # gamma_j - c_j
+            t = mi_yr.transpose(0, 2, 1) @ yt  # (U, R, m): y_i^T M^-1 y_j
+            loo_s = yr_w[:, :, None] + coef[:, None, :] * t
+        else:
+            coef = np.zeros((u_n, sl.stop - sl.start))
+            loo_s = np.zeros_like(sim)
+        cand = {"j": np.broadcast_to(np.arange(sl.start, sl.stop), sim.shape),
+                "contrib": contrib, "base": sim, "loo": loo_s,
+                "coef": np.broadcast_to(coef[:, None, :], sim.shape)}
+        if keep is not None:  # earlier positions first, so a stable sort keeps ties in order
+            cand = {key: np.concatenate([keep[key], v], axis=2) for key, v in cand.items()}
+        order = np.argsort(-np.abs(cand["contrib"]), axis=2, kind="stable")[:, :, :n_keep]
+        keep = {key: np.take_along_axis(v, order, axis=2) for key, v in cand.items()}
+    top_src = keep["j"]
+    uu = np.arange(u_n)[:, None, None]
+    parts_top = keep["base"][..., None] * alpha * parts[uu, top_src]  # (U, R, N, B)
+    loo_z = (gather_rows(gather, top_src) @ m_inv[:, None] if loo
+             else np.zeros((u_n, n_r, n_keep, k)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conc = np.stack([pos_top[:, :, 0] / pos_sum, pos_top[:, :, :3].sum(axis=2) / pos_sum,
+                         pos_sum**2 / pos_sq], axis=2)
+    conc[pos_sum <= 0] = np.nan
+    return {
+        "x": x, "scores": scores, "top_src": top_src, "contrib": keep["contrib"],
+        "base": keep["base"], "parts": parts_top, "loo_delta": keep["loo"] - scores[:, :, None],
+        "tot_contrib": tot_c, "tot_base": tot_base, "tot_parts": tot_parts, "conc": conc,
+        "type_x": type_x, "type_delta": type_delta, "loo_w": w, "loo_coef": keep["coef"],
+        "loo_z": loo_z,
+    }
+
+
+def gather_rows(gather, pos: np.ndarray) -> np.ndarray:
+    """Factors at history positions ``pos`` (U, ...) through a column-slice ``gather``: (U, ..., k).
+    Gathers only the span the positions cover, one chunk-sized slice at a time."""
+    flat = pos.reshape(pos.shape[0], -1)
+    out = None
+    lo, hi = int(flat.min()), int(flat.max()) + 1
+    for s in range(lo, hi, 4096):
+        sl = slice(s, min(s + 4096, hi))
+        y = gather(sl)
+        if out is None:
+            out = np.zeros((*flat.shape, y.shape[2]))
+        inside = (flat >= sl.start) & (flat < sl.stop)
+        if inside.any():
+            uu, pp = np.nonzero(inside)
+            out[uu, pp] = y[uu, flat[uu, pp] - sl.start]
+    return out.reshape(*pos.shape, -1)
+
+
+def leaves_top_k(
+    x: np.ndarray,
+    cand: np.ndarray,
+    recs: np.ndarray,
+    seen: np.ndarray,
+    item_factors: np.ndarray,
+    *,
+    k: int,
+    pool: int = 50,
+    unknown: np.ndarray | None = None,
+    norm_max: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Stacked :class:`TopKCheck`: for U users, does each recommendation leave the top-k under
+    each counterfactual vector? Exact.
+
+    Args:
+        x: (U, f) original user vectors; cand: (U, C, f) counterfactual vectors.
+        recs: (U, R) recommended item ids; seen: (U, n) train item ids (excluded from ranking);
+        unknown: ids without factors (excluded too). item_factors: (n_items, f), dense by id.
+        norm_max: max item factor norm (computed when absent).
+
+    Returns ((U, C, R) bool, number of full rescorings). The ``pool`` best non-recommended
+    unseen items under ``x`` are rescored with the recommendations; any other item scored at
+    most s_out (the next best) under ``x``, so at most s_out + norm_max·||x' − x|| under x'. Only
+    when that bound cannot decide is every item rescored for that vector.
+    """
+    y = item_factors
+    u_n, n_c = cand.shape[:2]
+    n_r = recs.shape[1]
+    n_items = y.shape[0]
+    if norm_max is None:
+        norm_max = float(np.linalg.norm(y, axis=1).max()) if n_items else 0.0
+    uu = np.arange(u_n)[:, None]
+    s = x @ y.T  # (U, n_items)
+    s[uu, seen] = -np.inf
+    s[uu, recs] = -np.inf
+    if unknown is not None and len(unknown):
+        s[:, unknown] = -np.inf
+    p = min(pool, n_items)
+    if n_items > p:
+        part = np.argpartition(-s, p, axis=1)
+        pool_idx = part[:, :p]
+        s_out = s[np.arange(u_n), part[:, p]]
+    else:
+        pool_idx = np.broadcast_to(np.arange(n_items), (u_n, n_items))
+        s_out = np.full(u_n, -np.inf)
+    pool_ok = np.isfinite(s[uu, pool_idx])
+    # recommendations first, then the pool, scored in one product so ties compare exactly
+    idx = np.concatenate([recs, pool_idx], axis=1)
+    new = np.einsum("ucf,uif->uci", cand, y[idx])
+    rec_s = new[:, :, :n_r]
+    valid = np.concatenate([np.ones((u_n, n_r), dtype=bool), pool_ok], axis=1)
+    above = ((new[:, :, None, :] > rec_s[:, :, :, None]) & valid[:, None, None, :]).sum(axis=3)
+    out = above >= k
+    bound = s_out[:, None] + norm_max * np.linalg.norm(cand - x[:, None, :], axis=2)  # (U, C)
+    undecided = ~out & (bound[:, :, None] > rec_s) & np.isfinite(s_out)[:, None, None]
+    scans = 0
+    for u, c_i in zip(*np.nonzero(undecided.any(axis=2)), strict=True):
+        full = y @ cand[u, c_i]
+        mask = np.ones(n_items, dtype=bool)
+        mask[seen[u]] = False
+        if unknown is not None and len(unknown):
+            mask[unknown] = False
+        full_unseen = full[mask]
+        for r_i in np.flatnonzero(undecided[u, c_i]):
+            out[u, c_i, r_i] = int((full_unseen > full[recs[u, r_i]]).sum()) >= k
+        scans += 1
+    return out, scans

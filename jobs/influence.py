@@ -129,8 +129,9 @@ def explain_users(
     pool: int,
     k: int,
     yty: np.ndarray | None = None,
+    chunk: int = 4096,
 ) -> DataFrame:
-    """Run the per-user kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`.
+    """Run the batched kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`.
 
     With ``item_ids`` / ``item_factors`` the factors are broadcast and every recommendation gets
     the exact leaves-top-K checks. With ``None`` (the joined path, for catalogues above
@@ -146,93 +147,142 @@ def explain_users(
     else:
         dense = known = None
     bc = users.sparkSession.sparkContext.broadcast((dense, known, yty))
-    n_b = len(behaviors)
     schema = rec_schema(behaviors)
+    opts = dict(n_b=len(behaviors), alpha=alpha, reg=reg, top_n=top_n, pool=pool, k=k,
+                behaviors=behaviors, chunk=chunk)
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         y, known_items, yty = bc.value
         # the check scores only items the model has (unknown ids would look like zero vectors)
-        seen_unknown = np.flatnonzero(~known_items) if known_items is not None else None
+        unknown = np.flatnonzero(~known_items) if known_items is not None else None
+        norm_max = float(np.linalg.norm(y, axis=1).max()) if y is not None and len(y) else 0.0
         names = schema.fieldNames()
         for pdf in batches:
-            out = [_explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k,
-                                behaviors) for row in pdf.itertuples(index=False)]
-            if out:  # one DataFrame per batch: per-user frames cost more than the maths
-                yield pd.DataFrame({c: np.concatenate([o[c] for o in out]) for c in names})
+            if len(pdf):
+                out = explain_batch(pdf, y, yty, unknown=unknown, norm_max=norm_max, **opts)
+                yield pd.DataFrame({c: out[c] for c in names})
 
     return users.mapInPandas(run, schema)
 
 
-def _explain_one(row, y, yty, seen_unknown, n_b, alpha, reg, top_n, pool, k, behaviors):
-    hist = np.asarray(row.hist_items, dtype=np.int64)
-    ratings = np.asarray(row.hist_conf, dtype=np.float64)
-    parts = np.asarray(row.hist_parts, dtype=np.float64).reshape(len(hist), n_b)
-    recs = np.asarray(row.rec_items, dtype=np.int64)
-    ranks = np.asarray(row.rec_ranks, dtype=np.int32)
+def explain_batch(pdf: pd.DataFrame, y, yty, *, unknown, norm_max, n_b, alpha, reg, top_n,
+                  pool, k, behaviors, chunk, memory_doubles: int = 4_000_000) -> dict:
+    """Kernel columns (:func:`rec_schema`) for a pandas batch of :func:`user_inputs` rows.
+
+    Users with the same history length and number of recommendations are stacked and explained
+    together (:func:`common.influence.explain_group`), in sub-batches of about
+    ``memory_doubles`` float64 per working array; a heavy user's history is walked in ``chunk``
+    columns, so its memory stays bounded by its own inputs."""
+    n_h = pdf["hist_items"].map(len).to_numpy()
+    n_r = pdf["rec_items"].map(len).to_numpy()
+    kf = yty.shape[0]
+    n_items = 0 if y is None else y.shape[0]
+    pieces = []
+    for (n, r), idx in pd.Series(np.arange(len(pdf))).groupby([n_h, n_r]).groups.items():
+        idx = np.asarray(idx)
+        per_user = min(n, chunk) * (kf + 8 * r) + (n_b + 3) * kf * kf + n_items + 60 * r * r
+        step = max(1, int(memory_doubles // per_user))
+        for s in range(0, len(idx), step):
+            pieces.append(_explain_stack(pdf.iloc[idx[s:s + step]], n, r, y, yty, unknown,
+                                         norm_max, n_b, alpha, reg, top_n, pool, k, behaviors,
+                                         chunk))
+    return {c: np.concatenate([p[c] for p in pieces]) for c in pieces[0]}
+
+
+def _explain_stack(sub, n, n_r, y, yty, unknown, norm_max, n_b, alpha, reg, top_n, pool, k,
+                   behaviors, chunk):
+    u_n = len(sub)
+    kf = yty.shape[0]
+    hist = np.stack(sub["hist_items"].to_numpy()).astype(np.int64).reshape(u_n, n)
+    ratings = np.stack(sub["hist_conf"].to_numpy()).astype(np.float64).reshape(u_n, n)
+    parts = np.stack(sub["hist_parts"].to_numpy()).astype(np.float64).reshape(u_n, n, n_b)
+    recs = np.stack(sub["rec_items"].to_numpy()).astype(np.int64).reshape(u_n, n_r)
+    ranks = np.stack(sub["rec_ranks"].to_numpy()).astype(np.int32).reshape(u_n, n_r)
     if y is not None:
-        yh, yr = y[hist], y[recs]
-        x = I.solve_user(yty, yh, ratings, alpha=alpha, reg=reg)
-        check = I.TopKCheck(x, y, np.concatenate([hist, seen_unknown]), recs, k=k, pool=pool)
-    else:  # joined path: the row carries its items' factors
-        rank = yty.shape[0]
-        yh = np.asarray(row.hist_factors, dtype=np.float64).reshape(len(hist), rank)
-        yr = np.asarray(row.rec_factors, dtype=np.float64).reshape(len(recs), rank)
-        check = None
-    res = I.explain_recommendations(yty, yh, ratings, parts, yr, alpha=alpha, reg=reg,
-                                    top_n=top_n, check=check)
-    stored = row.stored_x
-    x_err = (float(np.linalg.norm(res["x"] - np.asarray(stored, dtype=np.float64))
-                   / max(np.linalg.norm(stored), 1e-30)) if stored is not None else np.nan)
-    n_r, n_h = len(recs), len(hist)
-    top = res["top_src"]  # (R, N)
-    n_keep = top.shape[1]
-    rr = np.arange(n_r)[:, None]
-    contrib = res["contrib"][rr, top]
-    base = res["base"][rr, top]
-    part = res["parts"][rr, top]  # (R, N, B)
-    loo = res["loo_delta"][rr, top]
-    leaves = res["loo_leaves"]
-    if leaves is None:
-        leaves = np.full(top.shape, None, dtype=object)
-    rest_c = res["contrib"].sum(axis=1) - contrib.sum(axis=1)
-    rest_base = res["base"].sum(axis=1) - base.sum(axis=1)
-    rest_part = res["parts"].sum(axis=1) - part.sum(axis=1)  # (R, B)
-    scores = res["scores"]
-    cols: dict[str, np.ndarray] = {}
+        def gather(sl):
+            return y[hist[:, sl]]
+        yr = y[recs]
+    else:  # joined path: the rows carry their items' factors
+        hf = np.stack(sub["hist_factors"].to_numpy()).astype(np.float64).reshape(u_n, n, kf)
+
+        def gather(sl):
+            return hf[:, sl]
+        yr = np.stack(sub["rec_factors"].to_numpy()).astype(np.float64).reshape(u_n, n_r, kf)
+    res = I.explain_group(yty, gather, ratings, parts, yr, alpha=alpha, reg=reg, top_n=top_n,
+                          chunk=chunk)
+    top = res["top_src"]  # (U, R, N)
+    n_keep = top.shape[2]
     reps = n_keep + 1
+    if y is not None:
+        cand = (res["loo_w"][:, None, None, :]
+                + res["loo_coef"][..., None] * res["loo_z"]).reshape(u_n, n_r * n_keep, kf)
+        both = np.concatenate([cand, res["type_x"]], axis=1)
+        lv, _ = I.leaves_top_k(res["x"], both, recs, hist, y, k=k, pool=pool, unknown=unknown,
+                               norm_max=norm_max)
+        lv_loo = lv[:, :n_r * n_keep].reshape(u_n, n_r, n_keep, n_r)
+        rr = np.arange(n_r)[None, :, None]
+        loo_leaves = lv_loo[np.arange(u_n)[:, None, None], rr, np.arange(n_keep)[None, None, :], rr]
+        type_leaves = lv[:, n_r * n_keep:]  # (U, B, R)
+    else:
+        loo_leaves = type_leaves = None
+    scores = res["scores"]
+
+    def rows(v, last):  # (U, R, N) + residual -> flat rows in (user, rec, source) order
+        v = np.asarray(v)
+        tail = np.broadcast_to(np.asarray(last, dtype=v.dtype), (*v.shape[:2], 1))
+        return np.concatenate([v, tail], axis=2).ravel()
 
     def per_rec(v):
-        return np.repeat(np.asarray(v), reps)
+        return np.repeat(np.asarray(v).ravel(), reps)
 
-    cols[S.USER_IDX] = np.full(n_r * reps, row.user_idx, dtype=np.int32)
+    user_ids = sub[S.USER_IDX].to_numpy().astype(np.int32)
+    cols: dict[str, np.ndarray] = {}
+    cols[S.USER_IDX] = np.repeat(user_ids, n_r * reps)
     cols[REC_ITEM] = per_rec(recs).astype(np.int32)
     cols[REC_RANK] = per_rec(ranks).astype(np.int32)
     cols[S.SCORE] = per_rec(scores)
-    cols["n_history"] = np.full(n_r * reps, n_h, dtype=np.int32)
-    cols[SOURCE_RANK] = np.tile(np.arange(1, reps + 1), n_r).astype(np.int32)
-    cols[SOURCE_ITEM] = np.column_stack([hist[top], np.full(n_r, RESIDUAL)]).ravel().astype(
-        np.int32)
-    cols["n_sources"] = np.tile(np.r_[np.ones(n_keep), n_h - n_keep], n_r).astype(np.int32)
-    c_all = np.column_stack([contrib, rest_c]).ravel()
+    cols["n_history"] = np.full(u_n * n_r * reps, n, dtype=np.int32)
+    cols[SOURCE_RANK] = np.tile(np.arange(1, reps + 1), u_n * n_r).astype(np.int32)
+    src = np.take_along_axis(hist[:, None, :].repeat(n_r, axis=1), top, axis=2)
+    cols[SOURCE_ITEM] = rows(src, RESIDUAL).astype(np.int32)
+    cols["n_sources"] = np.tile(np.r_[np.ones(n_keep), n - n_keep], u_n * n_r).astype(np.int32)
+    contrib = res["contrib"]
+    rest = res["tot_contrib"] - contrib.sum(axis=2)
+    c_all = np.concatenate([contrib, rest[:, :, None]], axis=2).ravel()
     cols[CONTRIBUTION] = c_all
+    sc = per_rec(scores)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cols[SHARE] = np.where(per_rec(scores) != 0, c_all / per_rec(scores), np.nan)
-    cols[PART_BASE] = np.column_stack([base, rest_base]).ravel()
+        cols[SHARE] = np.where(sc != 0, c_all / sc, np.nan)
+    base = res["base"]
+    cols[PART_BASE] = np.concatenate(
+        [base, (res["tot_base"] - base.sum(axis=2))[:, :, None]], axis=2).ravel()
+    part = res["parts"]  # (U, R, N, B)
+    rest_part = res["tot_parts"] - part.sum(axis=2)  # (U, R, B)
     for b_i, b in enumerate(behaviors):
-        cols[f"part_{b}"] = np.column_stack([part[:, :, b_i], rest_part[:, b_i]]).ravel()
-    cols[LOO_DELTA] = np.column_stack([loo, np.full(n_r, np.nan)]).ravel()
-    lv = np.column_stack([leaves, np.zeros(n_r, dtype=bool)]).astype(object)
-    lv[:, -1] = None  # the residual row has no single source to remove
-    cols[LOO_LEAVES] = lv.ravel()
+        cols[f"part_{b}"] = np.concatenate(
+            [part[:, :, :, b_i], rest_part[:, :, b_i, None]], axis=2).ravel()
+    cols[LOO_DELTA] = rows(res["loo_delta"], np.nan)
+    if loo_leaves is not None:
+        lv_rows = np.concatenate([loo_leaves, np.zeros((u_n, n_r, 1), dtype=bool)],
+                                 axis=2).astype(object)
+        lv_rows[:, :, -1] = None  # the residual row has no single source to remove
+        cols[LOO_LEAVES] = lv_rows.ravel()
+    else:
+        cols[LOO_LEAVES] = np.full(u_n * n_r * reps, None, dtype=object)
     for b_i, b in enumerate(behaviors):
-        cols[f"type_delta_{b}"] = per_rec(res["type_delta"][b_i])
-        cols[f"type_leaves_{b}"] = (per_rec(res["type_leaves"][b_i])
-                                    if res["type_leaves"] is not None
-                                    else np.full(n_r * reps, None, dtype=object))
-    cols["top1_share"] = per_rec(res["conc"][:, 0])
-    cols["top3_share"] = per_rec(res["conc"][:, 1])
-    cols["effective_sources"] = per_rec(res["conc"][:, 2])
-    cols["x_rel_err"] = np.full(n_r * reps, x_err)
+        cols[f"type_delta_{b}"] = per_rec(res["type_delta"][:, b_i])
+        cols[f"type_leaves_{b}"] = (per_rec(type_leaves[:, b_i]) if type_leaves is not None
+                                    else np.full(u_n * n_r * reps, None, dtype=object))
+    conc = res["conc"]
+    cols["top1_share"] = per_rec(conc[:, :, 0])
+    cols["top3_share"] = per_rec(conc[:, :, 1])
+    cols["effective_sources"] = per_rec(conc[:, :, 2])
+    err = np.full(u_n, np.nan)
+    for i, stored in enumerate(sub["stored_x"].to_numpy()):
+        if stored is not None:
+            st = np.asarray(stored, dtype=np.float64)
+            err[i] = np.linalg.norm(res["x"][i] - st) / max(np.linalg.norm(st), 1e-30)
+    cols["x_rel_err"] = np.repeat(err, n_r * reps)
     return cols
 
 

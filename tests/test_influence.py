@@ -56,6 +56,80 @@ def test_behaviour_parts_sum_to_contribution_and_type_removal_resolves():
         assert set(out["top_src"][i]) == set(np.argsort(-np.abs(out["contrib"][i]))[:3])
 
 
+@pytest.mark.parametrize(("n_hist", "chunk"), [(1, 4096), (2, 1), (7, 3), (30, 4096), (30, 7)])
+def test_stacked_kernel_equals_the_per_user_reference(n_hist, chunk):
+    """explain_group (many users at once, history in chunks) gives the per-user numbers."""
+    rng = np.random.default_rng(100 + n_hist)
+    n_items, k, n_b, n_r, top_n = 60, 6, 3, 4, 5
+    y = rng.standard_normal((n_items, k))
+    yty = I.gram(y)
+    users = [_user(rng, n_items=n_items, k=k, n_hist=n_hist, n_b=n_b) for _ in range(5)]
+    hist = np.stack([np.asarray(u[1]) for u in users])
+    parts = np.stack([u[2] for u in users])
+    r = parts.sum(axis=2)
+    parts[0, :, 1] = r[0] - parts[0, :, 0] - parts[0, :, 2]  # user 0: type removal empties items
+    recs = np.stack([np.setdiff1d(np.arange(n_items), h)[:n_r] for h in hist])
+    out = I.explain_group(yty, lambda sl: y[hist[:, sl]], r, parts, y[recs], alpha=ALPHA,
+                          reg=REG, top_n=top_n, chunk=chunk)
+    n_keep = min(top_n, n_hist)
+    for u in range(len(users)):
+        ref = I.explain_recommendations(yty, y[hist[u]], r[u], parts[u], y[recs[u]], alpha=ALPHA,
+                                        reg=REG, top_n=top_n)
+        np.testing.assert_allclose(out["x"][u], ref["x"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(out["scores"][u], ref["scores"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_array_equal(out["top_src"][u], ref["top_src"])
+        rr = np.arange(n_r)[:, None]
+        src = ref["top_src"]
+        for key in ("contrib", "base", "loo_delta"):
+            np.testing.assert_allclose(out[key][u], ref[key][rr, src], rtol=1e-8, atol=1e-11)
+        np.testing.assert_allclose(out["parts"][u], ref["parts"][rr, src], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out["tot_contrib"][u], ref["contrib"].sum(axis=1),
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out["tot_contrib"][u], out["scores"][u], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out["tot_parts"][u], ref["parts"].sum(axis=1), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(out["type_delta"][u], ref["type_delta"], rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(out["conc"][u], ref["conc"], rtol=1e-9, atol=1e-12)
+        # the counterfactual vectors are brute-force re-solves without each kept source
+        x_loo = out["loo_w"][u] + out["loo_coef"][u][..., None] * out["loo_z"][u]
+        for i in range(n_r):
+            for s_i in range(n_keep):
+                j = src[i, s_i]
+                keep = np.arange(n_hist) != j
+                xj = I.solve_user(yty, y[hist[u]][keep], r[u][keep], alpha=ALPHA, reg=REG)
+                np.testing.assert_allclose(x_loo[i, s_i], xj, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_stacked_leaves_check_matches_a_full_rescoring(seed):
+    rng = np.random.default_rng(1000 + seed)
+    n_items, f, u_n = int(rng.integers(12, 90)), 3, 4
+    k = int(rng.integers(1, 6))
+    n_seen = int(rng.integers(0, n_items - k - 2))
+    y = rng.standard_normal((n_items, f))
+    unknown = rng.choice(n_items, int(rng.integers(0, 3)), replace=False)
+    y[unknown] = 0.0
+    x = rng.standard_normal((u_n, f))
+    seen = np.stack([rng.choice(np.setdiff1d(np.arange(n_items), unknown), n_seen,
+                                replace=False) for _ in range(u_n)])
+    if rng.random() < 0.3:  # ties: duplicated items
+        y[1] = y[0]
+    recs = []
+    for u in range(u_n):
+        unseen = np.setdiff1d(np.arange(n_items), np.r_[seen[u], unknown])
+        recs.append(unseen[np.argsort(-(y[unseen] @ x[u]), kind="stable")[:k]])
+    recs = np.stack(recs)
+    cand = x[:, None, :] + rng.standard_normal((u_n, 5, f)) * rng.random((u_n, 5, 1))
+    got, _ = I.leaves_top_k(x, cand, recs, seen, y, k=k, pool=int(rng.integers(0, 10)),
+                            unknown=unknown)
+    for u in range(u_n):
+        unseen = np.setdiff1d(np.arange(n_items), np.r_[seen[u], unknown])
+        for c in range(5):
+            s = y @ cand[u, c]
+            expected = [int((s[unseen] > s[i]).sum()) >= k for i in recs[u]]
+            assert list(got[u, c]) == expected
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_top_k_check_matches_a_full_rescoring(seed):
     rng = np.random.default_rng(seed)

@@ -21,7 +21,6 @@ every figure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -143,7 +142,8 @@ def main(argv=None):
     base = load_config(values={"lake": str(work / "lake"), "spark.driver_memory": a.driver_memory})
     spark = get_spark(base)
     # warm-up on a small lake (JIT, Python workers, Delta)
-    one_size(spark, dataclasses.replace(a, rank=8, iters=1), 2000, 40_000, work / "warm")
+    one_size(spark, argparse.Namespace(**{**vars(a), "rank": 8, "iters": 1}), 2000, 40_000,
+             work / "warm")
     quarter, _, _ = one_size(spark, a, a.users // 4, a.interactions // 4, work)
     full, cfg, pairs = one_size(spark, a, a.users, a.interactions, work)
     imp_per_rec, imp_n, worst = implicit_loop(cfg.lake, spark, cfg.run.run_id, pairs,
