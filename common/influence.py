@@ -419,44 +419,65 @@ def gather_rows(gather, pos: np.ndarray) -> np.ndarray:
     return out.reshape(*pos.shape, -1)
 
 
+class ItemIndex:
+    """Item factors (dense by id) with the norm order the leaves check scans in."""
+
+    def __init__(self, item_factors: np.ndarray, unknown: np.ndarray | None = None):
+        self.y = np.asarray(item_factors, dtype=np.float64)
+        n_items = self.y.shape[0]
+        self.unknown = (np.asarray(unknown, dtype=np.int64) if unknown is not None
+                        else np.zeros(0, dtype=np.int64))
+        norm = np.linalg.norm(self.y, axis=1)
+        known = np.ones(n_items, dtype=bool)
+        known[self.unknown] = False
+        ids = np.flatnonzero(known)
+        self.order = ids[np.argsort(-norm[ids], kind="stable")]  # known items, largest norm first
+        self.sorted_norm = norm[self.order]
+        self.sorted_y = np.ascontiguousarray(self.y[self.order])
+        self.position = np.full(n_items, n_items + 1, dtype=np.int64)  # unknown: never scanned
+        self.position[self.order] = np.arange(len(self.order))
+        self.norm_max = float(self.sorted_norm[0]) if len(ids) else 0.0
+
+
 def leaves_top_k(
     x: np.ndarray,
     cand: np.ndarray,
     recs: np.ndarray,
     seen: np.ndarray,
-    item_factors: np.ndarray,
+    items: ItemIndex,
     *,
     k: int,
     pool: int = 50,
-    unknown: np.ndarray | None = None,
-    norm_max: float | None = None,
+    need: np.ndarray | None = None,
+    memory_doubles: int = 4_000_000,
 ) -> tuple[np.ndarray, int]:
     """Stacked :class:`TopKCheck`: for U users, does each recommendation leave the top-k under
     each counterfactual vector? Exact.
 
     Args:
         x: (U, f) original user vectors; cand: (U, C, f) counterfactual vectors.
-        recs: (U, R) recommended item ids; seen: (U, n) train item ids (excluded from ranking);
-        unknown: ids without factors (excluded too). item_factors: (n_items, f), dense by id.
-        norm_max: max item factor norm (computed when absent).
+        recs: (U, R) recommended item ids; seen: (U, n) train item ids (excluded from ranking,
+        as are ``items.unknown``). need: (C, R) or (U, C, R) which answers are wanted (default
+        all; the rest come back False).
 
-    Returns ((U, C, R) bool, number of full rescorings). The ``pool`` best non-recommended
-    unseen items under ``x`` are rescored with the recommendations; any other item scored at
-    most s_out (the next best) under ``x``, so at most s_out + norm_max·||x' − x|| under x'. Only
-    when that bound cannot decide is every item rescored for that vector.
+    Returns ((U, C, R) bool, number of items scored in exact scans). The ``pool`` best
+    non-recommended unseen items under ``x`` are rescored with the recommendations. Any other
+    item j scored at most s_out (the next best) under ``x``, so at most s_out + ||y_j||·||x' − x||
+    under x': only items with ||y_j|| above (s'_i − s_out) / ||x' − x|| can overtake rec i, and
+    when the pool cannot decide, exactly those (a prefix of the items by norm) are scored.
     """
-    y = item_factors
+    y = items.y
     u_n, n_c = cand.shape[:2]
     n_r = recs.shape[1]
     n_items = y.shape[0]
-    if norm_max is None:
-        norm_max = float(np.linalg.norm(y, axis=1).max()) if n_items else 0.0
+    need = (np.ones((u_n, n_c, n_r), dtype=bool) if need is None
+            else np.broadcast_to(need, (u_n, n_c, n_r)))
     uu = np.arange(u_n)[:, None]
     s = x @ y.T  # (U, n_items)
     s[uu, seen] = -np.inf
     s[uu, recs] = -np.inf
-    if unknown is not None and len(unknown):
-        s[:, unknown] = -np.inf
+    if len(items.unknown):
+        s[:, items.unknown] = -np.inf
     p = min(pool, n_items)
     if n_items > p:
         part = np.argpartition(-s, p, axis=1)
@@ -468,22 +489,59 @@ def leaves_top_k(
     pool_ok = np.isfinite(s[uu, pool_idx])
     # recommendations first, then the pool, scored in one product so ties compare exactly
     idx = np.concatenate([recs, pool_idx], axis=1)
-    new = np.einsum("ucf,uif->uci", cand, y[idx])
-    rec_s = new[:, :, :n_r]
     valid = np.concatenate([np.ones((u_n, n_r), dtype=bool), pool_ok], axis=1)
-    above = ((new[:, :, None, :] > rec_s[:, :, :, None]) & valid[:, None, None, :]).sum(axis=3)
-    out = above >= k
-    bound = s_out[:, None] + norm_max * np.linalg.norm(cand - x[:, None, :], axis=2)  # (U, C)
-    undecided = ~out & (bound[:, :, None] > rec_s) & np.isfinite(s_out)[:, None, None]
-    scans = 0
-    for u, c_i in zip(*np.nonzero(undecided.any(axis=2)), strict=True):
-        full = y @ cand[u, c_i]
-        mask = np.ones(n_items, dtype=bool)
-        mask[seen[u]] = False
-        if unknown is not None and len(unknown):
-            mask[unknown] = False
-        full_unseen = full[mask]
-        for r_i in np.flatnonzero(undecided[u, c_i]):
-            out[u, c_i, r_i] = int((full_unseen > full[recs[u, r_i]]).sum()) >= k
-        scans += 1
-    return out, scans
+    new = cand @ y[idx].transpose(0, 2, 1)
+    rec_s = new[:, :, :n_r]
+    qu, qc, qr = np.nonzero(need)
+    q_s = rec_s[qu, qc, qr]
+    above = np.zeros((u_n, n_c, n_r), dtype=np.int64)
+    above[qu, qc, qr] = ((new[qu, qc] > q_s[:, None]) & valid[qu]).sum(axis=1)
+    out = np.zeros((u_n, n_c, n_r), dtype=bool)
+    out[qu, qc, qr] = above[qu, qc, qr] >= k
+    dist = np.linalg.norm(cand - x[:, None, :], axis=2)  # (U, C)
+    bound = s_out[qu] + items.norm_max * dist[qu, qc]
+    und = ~out[qu, qc, qr] & (bound > q_s) & np.isfinite(s_out[qu])
+    if not und.any():
+        return out, 0
+    # exact scans of the norm prefix that could overtake each undecided (user, vector, rec)
+    pu, pc, pr = qu[und], qc[und], qr[und]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = (rec_s[pu, pc, pr] - s_out[pu]) / dist[pu, pc]
+    nu = np.where(np.isfinite(nu), nu - 1e-9 * (np.abs(nu) + 1.0), -np.inf)
+    length = np.searchsorted(-items.sorted_norm, -nu, side="right")  # items with norm >= nu
+    # items of the user that the prefix count must leave out (seen, recommended, pool)
+    excl = np.concatenate([seen, idx], axis=1)
+    excl_pos = items.position[excl]  # (U, n + R + P); unknown ids sit past every prefix
+    excl_ok = np.concatenate([np.ones(seen.shape, dtype=bool), valid], axis=1)
+    order = np.argsort(length, kind="stable")
+    scanned = 0
+    i = 0
+    while i < len(order):
+        l_max = int(length[order[i]])
+        j = i + 1
+        while (j < len(order) and length[order[j]] <= 2 * l_max + 64
+               and (j - i + 1) * max(int(length[order[j]]), 1) <= memory_doubles):
+            j += 1
+        sel = order[i:j]
+        l_max = int(length[sel].max())
+        i = j
+        if l_max == 0:
+            continue
+        su, sc, sr = pu[sel], pc[sel], pr[sel]
+        sl = length[sel]
+        scores = cand[su, sc] @ items.sorted_y[:l_max].T  # (M, L)
+        scanned += len(sel) * l_max
+        in_prefix = np.arange(l_max)[None, :] < sl[:, None]
+        # the rec's own score from the same product when it is in the prefix (exact ties)
+        rpos = items.position[recs[su, sr]]
+        thr = np.where(rpos < sl, scores[np.arange(len(sel)), np.minimum(rpos, l_max - 1)],
+                       rec_s[su, sc, sr])
+        hit = ((scores > thr[:, None]) & in_prefix).sum(axis=1)
+        ep = excl_pos[su]  # (M, E)
+        e_in = (ep < sl[:, None]) & excl_ok[su]
+        e_s = np.take_along_axis(scores, np.minimum(ep, l_max - 1), axis=1)
+        # an item listed twice (a pool item that is also seen cannot be; recs are not in
+        # the pool) is subtracted once per listing, matching the prefix count
+        hit -= ((e_s > thr[:, None]) & e_in).sum(axis=1)
+        out[su, sc, sr] = above[su, sc, sr] + hit >= k
+    return out, scanned

@@ -154,18 +154,22 @@ def explain_users(
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         y, known_items, yty = bc.value
         # the check scores only items the model has (unknown ids would look like zero vectors)
-        unknown = np.flatnonzero(~known_items) if known_items is not None else None
-        norm_max = float(np.linalg.norm(y, axis=1).max()) if y is not None and len(y) else 0.0
+        index = I.ItemIndex(y, np.flatnonzero(~known_items)) if y is not None else None
         names = schema.fieldNames()
         for pdf in batches:
             if len(pdf):
-                out = explain_batch(pdf, y, yty, unknown=unknown, norm_max=norm_max, **opts)
+                out = explain_batch(pdf, index, yty, **opts)
                 yield pd.DataFrame({c: out[c] for c in names})
 
-    return users.mapInPandas(run, schema)
+    # the kernel is CPU-bound Python: spread users over every core (AQE would coalesce the small
+    # input into one partition otherwise)
+    sc = users.sparkSession.sparkContext
+    n_parts = max(2 * sc.defaultParallelism,
+                  int(users.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+    return users.repartition(n_parts, S.USER_IDX).mapInPandas(run, schema)
 
 
-def explain_batch(pdf: pd.DataFrame, y, yty, *, unknown, norm_max, n_b, alpha, reg, top_n,
+def explain_batch(pdf: pd.DataFrame, index: I.ItemIndex | None, yty, *, n_b, alpha, reg, top_n,
                   pool, k, behaviors, chunk, memory_doubles: int = 4_000_000) -> dict:
     """Kernel columns (:func:`rec_schema`) for a pandas batch of :func:`user_inputs` rows.
 
@@ -176,22 +180,21 @@ def explain_batch(pdf: pd.DataFrame, y, yty, *, unknown, norm_max, n_b, alpha, r
     n_h = pdf["hist_items"].map(len).to_numpy()
     n_r = pdf["rec_items"].map(len).to_numpy()
     kf = yty.shape[0]
-    n_items = 0 if y is None else y.shape[0]
+    n_items = 0 if index is None else index.y.shape[0]
     pieces = []
     for (n, r), idx in pd.Series(np.arange(len(pdf))).groupby([n_h, n_r]).groups.items():
         idx = np.asarray(idx)
         per_user = min(n, chunk) * (kf + 8 * r) + (n_b + 3) * kf * kf + n_items + 60 * r * r
         step = max(1, int(memory_doubles // per_user))
         for s in range(0, len(idx), step):
-            pieces.append(_explain_stack(pdf.iloc[idx[s:s + step]], n, r, y, yty, unknown,
-                                         norm_max, n_b, alpha, reg, top_n, pool, k, behaviors,
-                                         chunk))
+            pieces.append(_explain_stack(pdf.iloc[idx[s:s + step]], n, r, index, yty, n_b,
+                                         alpha, reg, top_n, pool, k, behaviors, chunk))
     return {c: np.concatenate([p[c] for p in pieces]) for c in pieces[0]}
 
 
-def _explain_stack(sub, n, n_r, y, yty, unknown, norm_max, n_b, alpha, reg, top_n, pool, k,
-                   behaviors, chunk):
+def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, behaviors, chunk):
     u_n = len(sub)
+    y = None if index is None else index.y
     kf = yty.shape[0]
     hist = np.stack(sub["hist_items"].to_numpy()).astype(np.int64).reshape(u_n, n)
     ratings = np.stack(sub["hist_conf"].to_numpy()).astype(np.float64).reshape(u_n, n)
@@ -217,8 +220,11 @@ def _explain_stack(sub, n, n_r, y, yty, unknown, norm_max, n_b, alpha, reg, top_
         cand = (res["loo_w"][:, None, None, :]
                 + res["loo_coef"][..., None] * res["loo_z"]).reshape(u_n, n_r * n_keep, kf)
         both = np.concatenate([cand, res["type_x"]], axis=1)
-        lv, _ = I.leaves_top_k(res["x"], both, recs, hist, y, k=k, pool=pool, unknown=unknown,
-                               norm_max=norm_max)
+        # a leave-one-out vector answers for its own recommendation; a type removal for all
+        need = np.zeros((n_r * n_keep + n_b, n_r), dtype=bool)
+        need[np.arange(n_r * n_keep), np.repeat(np.arange(n_r), n_keep)] = True
+        need[n_r * n_keep:] = True
+        lv, _ = I.leaves_top_k(res["x"], both, recs, hist, index, k=k, pool=pool, need=need)
         lv_loo = lv[:, :n_r * n_keep].reshape(u_n, n_r, n_keep, n_r)
         rr = np.arange(n_r)[None, :, None]
         loo_leaves = lv_loo[np.arange(u_n)[:, None, None], rr, np.arange(n_keep)[None, None, :], rr]

@@ -120,14 +120,15 @@ def test_stacked_leaves_check_matches_a_full_rescoring(seed):
         recs.append(unseen[np.argsort(-(y[unseen] @ x[u]), kind="stable")[:k]])
     recs = np.stack(recs)
     cand = x[:, None, :] + rng.standard_normal((u_n, 5, f)) * rng.random((u_n, 5, 1))
-    got, _ = I.leaves_top_k(x, cand, recs, seen, y, k=k, pool=int(rng.integers(0, 10)),
-                            unknown=unknown)
+    need = rng.random((5, k)) < 0.7
+    got, _ = I.leaves_top_k(x, cand, recs, seen, I.ItemIndex(y, unknown), k=k,
+                            pool=int(rng.integers(0, 10)), need=need)
     for u in range(u_n):
         unseen = np.setdiff1d(np.arange(n_items), np.r_[seen[u], unknown])
         for c in range(5):
             s = y @ cand[u, c]
             expected = [int((s[unseen] > s[i]).sum()) >= k for i in recs[u]]
-            assert list(got[u, c]) == expected
+            assert list(got[u, c]) == list(np.asarray(expected) & need[c])
 
 
 @pytest.mark.parametrize("seed", range(60))
