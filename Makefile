@@ -60,6 +60,8 @@ reproduce-taobao: install
 	$(TB) als --model popularity --run-id taobao-popularity
 	for run in taobao-als taobao-popularity; do for t in all purchase; do \
 	  $(TB) evaluate --run-id $$run --target $$t || exit 1; done; done
+	$(TB) influence --run-id taobao-als
+	$(TB) influence ablation --protocol temporal
 
 clean:
 	rm -rf lake lake-ml100k lake-taobao demo-data bench-out build spark-warehouse .pytest_cache

@@ -194,7 +194,7 @@ class InfluenceConfig:
 
     action: str = "explain"  # explain | ablation
     top_n: int = 5  # past items kept per recommendation (plus one residual row)
-    pool: int = 50  # unseen items pre-scored per user for the exact leaves-top-K check
+    pool: int = 200  # unseen items pre-scored per user for the exact leaves-top-K check
     segment_edges: tuple[int, ...] = (5, 20, 50)  # user segments by train history length
     broadcast_max_mb: float = 512.0  # item factors broadcast up to this, else joined
     # ablation: retrain on every subset of the auxiliary behaviours, judge on the target

@@ -6,8 +6,8 @@
 For every user and each of their recommendations in ``gold/recommendations`` (run R), the exact
 contribution of every past train interaction to the score (``common/influence.py`` has the
 maths, checked against Spark's ALS source), split into a base part and one part per behaviour
-type, and the exact leave-one-out change of the score. One eigendecomposition per user, float64,
-inside ``mapInPandas`` over users; the item factors are broadcast (or, above
+type, and the exact leave-one-out change of the score. Float64, inside ``mapInPandas`` over
+users, users with the same history length stacked into batched solves; the item factors are broadcast (or, above
 ``influence.broadcast_max_mb``, joined to the rows that need them, without the leaves-top-K check).
 
 Tables (run_id on every row; re-running a run replaces its rows):
@@ -130,13 +130,15 @@ def explain_users(
     k: int,
     yty: np.ndarray | None = None,
     chunk: int = 4096,
+    timer=None,
 ) -> DataFrame:
     """Run the batched kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`.
 
     With ``item_ids`` / ``item_factors`` the factors are broadcast and every recommendation gets
     the exact leaves-top-K checks. With ``None`` (the joined path, for catalogues above
     ``influence.broadcast_max_mb``) the rows carry their items' factors, ``yty`` must be given,
-    and the leaves-top-K columns are null (they need every item's score)."""
+    and the leaves-top-K columns are null (they need every item's score). ``timer``: an optional
+    Spark accumulator that sums the kernel's seconds over all workers."""
     if item_factors is not None:
         n_items = int(item_ids.max()) + 1 if len(item_ids) else 0
         dense = np.zeros((n_items, item_factors.shape[1]), dtype=np.float64)
@@ -158,8 +160,12 @@ def explain_users(
         names = schema.fieldNames()
         for pdf in batches:
             if len(pdf):
+                t0 = time.perf_counter()
                 out = explain_batch(pdf, index, yty, **opts)
-                yield pd.DataFrame({c: out[c] for c in names})
+                frame = pd.DataFrame({c: out[c] for c in names})
+                if timer is not None:
+                    timer.add(time.perf_counter() - t0)
+                yield frame
 
     # the kernel is CPU-bound Python: spread users over every core (AQE would coalesce the small
     # input into one partition otherwise)
@@ -217,18 +223,31 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
     n_keep = top.shape[2]
     reps = n_keep + 1
     if y is not None:
-        cand = (res["loo_w"][:, None, None, :]
-                + res["loo_coef"][..., None] * res["loo_z"]).reshape(u_n, n_r * n_keep, kf)
+        # a leave-one-out vector depends on the source only: one candidate per distinct source,
+        # answering for the recommendations it is a top source of; a type removal for all
+        flat = top.reshape(u_n, n_r * n_keep)
+        order = np.argsort(flat, axis=1, kind="stable")
+        sf = np.take_along_axis(flat, order, axis=1)
+        first = np.ones_like(sf, dtype=bool)
+        first[:, 1:] = sf[:, 1:] != sf[:, :-1]
+        slot_sorted = np.cumsum(first, axis=1) - 1
+        n_slots = int(slot_sorted.max()) + 1
+        slot = np.empty_like(slot_sorted)
+        np.put_along_axis(slot, order, slot_sorted, axis=1)  # slot of each (rec, source) pair
+        uu = np.arange(u_n)[:, None]
+        rep = np.zeros((u_n, n_slots), dtype=np.int64)  # a flat (rec, source) pair per slot
+        rep[np.broadcast_to(uu, sf.shape)[first], slot_sorted[first]] = order[first]
+        coef = res["loo_coef"].reshape(u_n, -1)[uu, rep]
+        z = res["loo_z"].reshape(u_n, n_r * n_keep, kf)[uu, rep]
+        cand = res["loo_w"][:, None, :] + coef[..., None] * z  # (U, slots, k)
+        need = np.zeros((u_n, n_slots + n_b, n_r), dtype=bool)
+        need[uu, slot, np.repeat(np.arange(n_r), n_keep)[None, :]] = True
+        need[:, n_slots:] = True
         both = np.concatenate([cand, res["type_x"]], axis=1)
-        # a leave-one-out vector answers for its own recommendation; a type removal for all
-        need = np.zeros((n_r * n_keep + n_b, n_r), dtype=bool)
-        need[np.arange(n_r * n_keep), np.repeat(np.arange(n_r), n_keep)] = True
-        need[n_r * n_keep:] = True
         lv, _ = I.leaves_top_k(res["x"], both, recs, hist, index, k=k, pool=pool, need=need)
-        lv_loo = lv[:, :n_r * n_keep].reshape(u_n, n_r, n_keep, n_r)
-        rr = np.arange(n_r)[None, :, None]
-        loo_leaves = lv_loo[np.arange(u_n)[:, None, None], rr, np.arange(n_keep)[None, None, :], rr]
-        type_leaves = lv[:, n_r * n_keep:]  # (U, B, R)
+        loo_leaves = lv[uu, slot, np.repeat(np.arange(n_r), n_keep)[None, :]].reshape(
+            u_n, n_r, n_keep)
+        type_leaves = lv[:, n_slots:]  # (U, B, R)
     else:
         loo_leaves = type_leaves = None
     scores = res["scores"]
@@ -420,7 +439,7 @@ def _run_record(spark, lake: Lake, run_id: str) -> dict:
     return rec
 
 
-def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str):
+def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str, timer=None):
     """The kernel rows of one run (cached) and the behaviours it splits by."""
     rec = _run_record(spark, lake, run_id)
     params = rec["params"]
@@ -445,7 +464,7 @@ def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str):
     rank = len(items.select(S.FACTORS).first()[0])
     fit = n_items * rank * 8 <= cfg.influence.broadcast_max_mb * 2**20
     common = dict(behaviors=behaviors, alpha=alpha, reg=reg, top_n=cfg.influence.top_n,
-                  pool=cfg.influence.pool, k=int(k))
+                  pool=cfg.influence.pool, k=int(k), timer=timer)
     if fit:
         ipdf = items.select(S.IDX, S.FACTORS).toPandas()
         ids = ipdf[S.IDX].to_numpy(np.int64)
@@ -470,7 +489,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
         raise ConfigError("influence needs --run-id (an ALS run in models/runs)")
     lake = Lake(cfg.lake)
     t0 = time.perf_counter()
-    rows, behaviors = explain_run(spark, lake, cfg=cfg, run_id=run_id)
+    timer = spark.sparkContext.accumulator(0.0)
+    rows, behaviors = explain_run(spark, lake, cfg=cfg, run_id=run_id, timer=timer)
     where = f"{S.RUN_ID} = {quote(run_id)}"
     with timed(log, f"influence of run {run_id}: per-user attribution") as info:
         rows = rows.cache()
@@ -478,7 +498,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
             F.count(F.lit(1)).alias("recs"), F.countDistinct(S.USER_IDX).alias("users"),
             F.max("x_rel_err").alias("max_err"),
             F.percentile_approx("x_rel_err", 0.5).alias("median_err")).first()
-        info.update(recommendations=stats["recs"], users=stats["users"])
+        info.update(recommendations=stats["recs"], users=stats["users"],
+                    kernel_cpu_s=round(timer.value, 1) if timer is not None else None)
     log.info("recomputed user vectors vs Spark's stored factors: median rel. err %.2e, max %.2e",
              stats["median_err"] or float("nan"), stats["max_err"] or float("nan"))
     contrib_cols = [S.RUN_ID, S.USER_IDX, REC_ITEM, REC_RANK, S.SCORE, SOURCE_RANK, SOURCE_ITEM,
@@ -496,7 +517,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
             S.RUN_ID, F.lit(run_id)), L.INFLUENCE_USERS, where)
     rows.unpersist()
     summary = {"run_id": run_id, "recommendations": stats["recs"], "users": stats["users"],
-               "x_rel_err_max": stats["max_err"], "seconds": time.perf_counter() - t0}
+               "x_rel_err_max": stats["max_err"], "kernel_seconds": timer.value,
+               "seconds": time.perf_counter() - t0}
     print(format_summary(spark, lake, run_id))
     return summary
 

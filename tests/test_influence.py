@@ -249,14 +249,22 @@ def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, mak
     y[itf[S.IDX].to_numpy()] = np.stack(itf[S.FACTORS].to_numpy())
     yty = I.gram(y)
     train = [(u, i, c) for _, s, u, i, c, *_ in rows if s == "train"]
-    checked = 0
+    k = int(recs[S.RANK].max())
+    checked = leaves = 0
     for r in ec[ec["source_item_idx"] >= 0].itertuples():
         hist = [(i, c) for u, i, c in train if u == r.user_idx and i != r.source_item_idx]
         x = I.solve_user(yty, y[[i for i, _ in hist]], np.array([c for _, c in hist]),
                          alpha=0.5, reg=0.1)
         assert r.loo_delta == pytest.approx(y[r.rec_item_idx] @ x - r.score, rel=1e-8, abs=1e-10)
+        # and the rec leaves the top-K exactly when K unseen items now score above it
+        seen = {i for u, i, _ in train if u == r.user_idx}
+        unseen = [i for i in itf[S.IDX] if i not in seen]
+        s_new = y @ x
+        expected = sum(s_new[i] > s_new[r.rec_item_idx] for i in unseen) >= k
+        assert bool(r.loo_leaves_top_k) == expected
+        leaves += expected
         checked += 1
-    assert checked > 50
+    assert checked > 50 and 0 < leaves < checked  # both answers occur
     # behaviour-type shares over all users sum to one
     bt = lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE).where("segment = 'all'").toPandas()
     assert set(bt[S.BEHAVIOR]) == {"base", "view", "purchase"}
