@@ -514,34 +514,45 @@ def leaves_top_k(
     excl_pos = items.position[excl]  # (U, n + R + P); unknown ids sit past every prefix
     excl_ok = np.concatenate([np.ones(seen.shape, dtype=bool), valid], axis=1)
     order = np.argsort(length, kind="stable")
+    # slabs of candidates whose prefix lengths are within 2x (one matrix product each), cut to
+    # about memory_doubles scores
+    ls = length[order]
+    bucket = np.floor(np.log2(ls + 64.0)).astype(np.int64)
+    cuts = [0]
+    for b_start in np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])[1:]:
+        cuts.append(int(b_start))
+    cuts.append(len(order))
     scanned = 0
-    i = 0
-    while i < len(order):
-        l_max = int(length[order[i]])
-        j = i + 1
-        while (j < len(order) and length[order[j]] <= 2 * l_max + 64
-               and (j - i + 1) * max(int(length[order[j]]), 1) <= memory_doubles):
-            j += 1
-        sel = order[i:j]
-        l_max = int(length[sel].max())
-        i = j
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        l_max = int(ls[hi - 1])
         if l_max == 0:
             continue
-        su, sc, sr = pu[sel], pc[sel], pr[sel]
-        sl = length[sel]
-        scores = cand[su, sc] @ items.sorted_y[:l_max].T  # (M, L)
-        scanned += len(sel) * l_max
-        in_prefix = np.arange(l_max)[None, :] < sl[:, None]
-        # the rec's own score from the same product when it is in the prefix (exact ties)
-        rpos = items.position[recs[su, sr]]
-        thr = np.where(rpos < sl, scores[np.arange(len(sel)), np.minimum(rpos, l_max - 1)],
-                       rec_s[su, sc, sr])
-        hit = ((scores > thr[:, None]) & in_prefix).sum(axis=1)
-        ep = excl_pos[su]  # (M, E)
-        e_in = (ep < sl[:, None]) & excl_ok[su]
-        e_s = np.take_along_axis(scores, np.minimum(ep, l_max - 1), axis=1)
-        # an item listed twice (a pool item that is also seen cannot be; recs are not in
-        # the pool) is subtracted once per listing, matching the prefix count
-        hit -= ((e_s > thr[:, None]) & e_in).sum(axis=1)
-        out[su, sc, sr] = above[su, sc, sr] + hit >= k
+        step = max(1, memory_doubles // l_max)
+        for a in range(lo, hi, step):
+            sel = order[a:min(a + step, hi)]
+            scanned += _scan_prefix(sel, pu, pc, pr, length, cand, recs, rec_s, above, out,
+                                    excl_pos, excl_ok, items, k)
     return out, scanned
+
+
+def _scan_prefix(sel, pu, pc, pr, length, cand, recs, rec_s, above, out, excl_pos, excl_ok,
+                 items, k) -> int:
+    """Exact counts for the undecided answers ``sel`` by scoring their norm prefixes."""
+    su, sc, sr = pu[sel], pc[sel], pr[sel]
+    sl = length[sel]
+    l_max = int(sl.max())
+    m = np.arange(len(sel))
+    scores = cand[su, sc] @ items.sorted_y[:l_max].T  # (M, L)
+    in_prefix = np.arange(l_max)[None, :] < sl[:, None]
+    # the rec's own score from the same product when it is in the prefix (exact ties)
+    rpos = items.position[recs[su, sr]]
+    thr = np.where(rpos < sl, scores[m, np.minimum(rpos, l_max - 1)], rec_s[su, sc, sr])
+    hit = ((scores > thr[:, None]) & in_prefix).sum(axis=1)
+    # leave out the user's seen, recommended and pool items found in the prefix (each listed
+    # once: pool items are unseen and not recommended)
+    ep = excl_pos[su]  # (M, E)
+    em, ee = np.nonzero((ep < sl[:, None]) & excl_ok[su])
+    drop = scores[em, ep[em, ee]] > thr[em]
+    hit -= np.bincount(em[drop], minlength=len(sel))
+    out[su, sc, sr] = above[su, sc, sr] + hit >= k
+    return len(sel) * l_max
