@@ -122,7 +122,8 @@ def test_stacked_leaves_check_matches_a_full_rescoring(seed):
     cand = x[:, None, :] + rng.standard_normal((u_n, 5, f)) * rng.random((u_n, 5, 1))
     need = rng.random((5, k)) < 0.7
     got, _ = I.leaves_top_k(x, cand, recs, seen, I.ItemIndex(y, unknown), k=k,
-                            pool=int(rng.integers(0, 10)), need=need)
+                            pool=int(rng.integers(0, 10)), need=need,
+                            memory_doubles=int(rng.choice([1, 50, 4_000_000])))
     for u in range(u_n):
         unseen = np.setdiff1d(np.arange(n_items), np.r_[seen[u], unknown])
         for c in range(5):
