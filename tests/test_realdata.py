@@ -6,6 +6,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
@@ -114,3 +115,21 @@ def test_taobao_sample_counts_and_temporal_als_vs_popularity(spark, tmp_path, da
         assert 0 <= m["ndcg"] <= 1 and 0 <= m["recall"] <= 1
     # the purchase target is a subset of the all-behaviour truth
     assert table["als", "purchase"]["users_evaluated"] < table["als", "all"]["users_evaluated"]
+    # influence on real data: exact against Spark's factors, every behaviour type attributed
+    from jobs import influence
+
+    summary = influence.main(spark, _run(cfg, run__run_id="tb-als"))
+    assert summary["users"] == 815 and summary["x_rel_err_max"] <= 1e-4
+    ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).where("run_id = 'tb-als'").toPandas()
+    per_rec = ec.groupby([S.USER_IDX, "rec_item_idx"]).agg(
+        total=("contribution", "sum"), score=("score", "first"))
+    np.testing.assert_allclose(per_rec["total"], per_rec["score"], rtol=1e-9, atol=1e-12)
+    parts = ec["part_base"] + sum(ec[f"part_{b}"] for b in ("view", "cart", "fav", "purchase"))
+    np.testing.assert_allclose(parts, ec["contribution"], rtol=1e-9, atol=1e-12)
+    bt = lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE).where(
+        "run_id = 'tb-als' AND segment = 'all'").toPandas()
+    share = dict(zip(bt[S.BEHAVIOR], bt["score_share"], strict=True))
+    assert set(share) == {"base", "view", "cart", "fav", "purchase"}
+    assert sum(share.values()) == pytest.approx(1.0, abs=1e-9)
+    # purchases are 2% of the events but weigh 8: well above their event share
+    assert share["purchase"] > 0.05
