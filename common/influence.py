@@ -28,7 +28,10 @@ z_j = M⁻¹ y_j, d_j = y_jᵀ z_j, w = M⁻¹ b:
     x'_j = w − c_j z_j + γ_j z_j,   γ_j = α r_j (y_jᵀ w − c_j d_j) / (1 − α r_j d_j)
     score'_ij = y_iᵀ w + (γ_j − c_j) y_iᵀ z_j
 
-One eigendecomposition per user, every (recommendation, past item) pair in a few matrix products.
+One eigendecomposition per user, every (recommendation, past item) pair in a few matrix products
+(:func:`explain_user`, the per-user reference). The job runs :func:`explain_group`: the same
+numbers for many users at once, with one LU solve of A and one inverse of M per user, batched,
+and the history walked in chunks; :func:`leaves_top_k` answers the leaves-top-K questions.
 """
 
 from __future__ import annotations
