@@ -233,16 +233,15 @@ def explain_recommendations(
     alpha: float,
     reg: float,
     top_n: int,
-    check: TopKCheck | None = None,
 ) -> dict:
-    """Everything the influence job writes for one user (R recs, n past items, B behaviours).
+    """The influence numbers of one user (R recs, n past items, B behaviours): the per-user
+    reference of :func:`explain_group` (the leaves-top-K answers: :class:`TopKCheck`).
 
     Returns arrays: ``scores`` (R,), ``top_src`` (R, N') positions into the history of the N'
     = min(top_n, n) largest |contributions| per rec, ``contrib`` (R, n), ``parts`` (R, n, B)
     per-behaviour parts of every contribution (base part = ``base`` (R, n)), ``loo_delta``
-    (R, n), ``loo_leaves`` (R, N') for the kept sources (None without ``check``),
-    ``type_leaves`` (B, R) (None without ``check``), ``type_delta`` (B, R) score change with each
-    behaviour type removed, ``conc`` (R, 3) concentration.
+    (R, n), ``type_delta`` (B, R) score change with each behaviour type removed, ``conc`` (R, 3)
+    concentration.
     """
     e = explain_user(yty, hist_factors, ratings, rec_factors, alpha=alpha, reg=reg)
     contrib = e.contributions
@@ -253,20 +252,10 @@ def explain_recommendations(
     loo_delta = e.loo_scores - e.scores[:, None]
     x_types = remove_parts_scores(yty, hist_factors, ratings, parts, alpha=alpha, reg=reg)
     type_delta = x_types @ np.asarray(rec_factors, dtype=np.float64).T - e.scores[None, :]
-    loo_leaves = type_leaves = None
-    if check is not None:
-        # counterfactual vectors for the kept sources only
-        src = np.unique(top_src)
-        x_loo = e.loo_vectors(src)
-        leaves_by_src = check.leaves(x_loo)  # (len(src), R)
-        where = np.searchsorted(src, top_src)  # (R, N')
-        loo_leaves = leaves_by_src[where, np.arange(contrib.shape[0])[:, None]]
-        type_leaves = check.leaves(x_types)
     conc = np.array([concentration(row) for row in contrib])
     return {
         "x": e.x, "scores": e.scores, "top_src": top_src, "contrib": contrib, "base": base,
-        "parts": part, "loo_delta": loo_delta, "loo_leaves": loo_leaves,
-        "type_leaves": type_leaves, "type_delta": type_delta, "conc": conc,
+        "parts": part, "loo_delta": loo_delta, "type_delta": type_delta, "conc": conc,
     }
 
 
@@ -389,7 +378,7 @@ def explain_group(
     top_src = keep["j"]
     uu = np.arange(u_n)[:, None, None]
     parts_top = keep["base"][..., None] * alpha * parts[uu, top_src]  # (U, R, N, B)
-    loo_z = (gather_rows(gather, top_src) @ m_inv[:, None] if loo
+    loo_z = (gather_rows(gather, top_src, chunk) @ m_inv[:, None] if loo
              else np.zeros((u_n, n_r, n_keep, k)))
     with np.errstate(divide="ignore", invalid="ignore"):
         conc = np.stack([pos_top[:, :, 0] / pos_sum, pos_top[:, :, :3].sum(axis=2) / pos_sum,
@@ -404,14 +393,14 @@ def explain_group(
     }
 
 
-def gather_rows(gather, pos: np.ndarray) -> np.ndarray:
+def gather_rows(gather, pos: np.ndarray, chunk: int) -> np.ndarray:
     """Factors at history positions ``pos`` (U, ...) through a column-slice ``gather``: (U, ..., k).
-    Gathers only the span the positions cover, one chunk-sized slice at a time."""
+    Gathers only the span the positions cover, ``chunk`` columns at a time."""
     flat = pos.reshape(pos.shape[0], -1)
     out = None
     lo, hi = int(flat.min()), int(flat.max()) + 1
-    for s in range(lo, hi, 4096):
-        sl = slice(s, min(s + 4096, hi))
+    for s in range(lo, hi, chunk):
+        sl = slice(s, min(s + chunk, hi))
         y = gather(sl)
         if out is None:
             out = np.zeros((*flat.shape, y.shape[2]))

@@ -240,21 +240,21 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
         coef = res["loo_coef"].reshape(u_n, -1)[uu, rep]
         z = res["loo_z"].reshape(u_n, n_r * n_keep, kf)[uu, rep]
         cand = res["loo_w"][:, None, :] + coef[..., None] * z  # (U, slots, k)
+        rec_of_pair = np.repeat(np.arange(n_r), n_keep)[None, :]
         need = np.zeros((u_n, n_slots + n_b, n_r), dtype=bool)
-        need[uu, slot, np.repeat(np.arange(n_r), n_keep)[None, :]] = True
+        need[uu, slot, rec_of_pair] = True
         need[:, n_slots:] = True
         both = np.concatenate([cand, res["type_x"]], axis=1)
         lv, _ = I.leaves_top_k(res["x"], both, recs, hist, index, k=k, pool=pool, need=need)
-        loo_leaves = lv[uu, slot, np.repeat(np.arange(n_r), n_keep)[None, :]].reshape(
-            u_n, n_r, n_keep)
+        loo_leaves = lv[uu, slot, rec_of_pair].reshape(u_n, n_r, n_keep)
         type_leaves = lv[:, n_slots:]  # (U, B, R)
     else:
         loo_leaves = type_leaves = None
     scores = res["scores"]
 
-    def rows(v, last):  # (U, R, N) + residual -> flat rows in (user, rec, source) order
+    def rows(v, last):  # (U, R, N) + residual (scalar or (U, R)) -> flat (user, rec, source)
         v = np.asarray(v)
-        tail = np.broadcast_to(np.asarray(last, dtype=v.dtype), (*v.shape[:2], 1))
+        tail = np.broadcast_to(np.asarray(last, dtype=v.dtype), v.shape[:2])[:, :, None]
         return np.concatenate([v, tail], axis=2).ravel()
 
     def per_rec(v):
@@ -272,20 +272,17 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
     cols[SOURCE_ITEM] = rows(src, RESIDUAL).astype(np.int32)
     cols["n_sources"] = np.tile(np.r_[np.ones(n_keep), n - n_keep], u_n * n_r).astype(np.int32)
     contrib = res["contrib"]
-    rest = res["tot_contrib"] - contrib.sum(axis=2)
-    c_all = np.concatenate([contrib, rest[:, :, None]], axis=2).ravel()
+    c_all = rows(contrib, res["tot_contrib"] - contrib.sum(axis=2))
     cols[CONTRIBUTION] = c_all
     sc = per_rec(scores)
     with np.errstate(divide="ignore", invalid="ignore"):
         cols[SHARE] = np.where(sc != 0, c_all / sc, np.nan)
     base = res["base"]
-    cols[PART_BASE] = np.concatenate(
-        [base, (res["tot_base"] - base.sum(axis=2))[:, :, None]], axis=2).ravel()
+    cols[PART_BASE] = rows(base, res["tot_base"] - base.sum(axis=2))
     part = res["parts"]  # (U, R, N, B)
     rest_part = res["tot_parts"] - part.sum(axis=2)  # (U, R, B)
     for b_i, b in enumerate(behaviors):
-        cols[f"part_{b}"] = np.concatenate(
-            [part[:, :, :, b_i], rest_part[:, :, b_i, None]], axis=2).ravel()
+        cols[f"part_{b}"] = rows(part[:, :, :, b_i], rest_part[:, :, b_i])
     cols[LOO_DELTA] = rows(res["loo_delta"], np.nan)
     if loo_leaves is not None:
         lv_rows = np.concatenate([loo_leaves, np.zeros((u_n, n_r, 1), dtype=bool)],
@@ -499,7 +496,7 @@ def main(spark: SparkSession, cfg: Config) -> dict:
             F.max("x_rel_err").alias("max_err"),
             F.percentile_approx("x_rel_err", 0.5).alias("median_err")).first()
         info.update(recommendations=stats["recs"], users=stats["users"],
-                    kernel_cpu_s=round(timer.value, 1) if timer is not None else None)
+                    kernel_cpu_s=round(timer.value, 1))
     log.info("recomputed user vectors vs Spark's stored factors: median rel. err %.2e, max %.2e",
              stats["median_err"] or float("nan"), stats["max_err"] or float("nan"))
     contrib_cols = [S.RUN_ID, S.USER_IDX, REC_ITEM, REC_RANK, S.SCORE, SOURCE_RANK, SOURCE_ITEM,
