@@ -287,6 +287,93 @@ def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, mak
     assert lake.read(spark, L.INFLUENCE_USERS).count() == recs[S.USER_IDX].nunique()
 
 
+def _kernel_rows(rng, behaviors, leaves=True):
+    """Random kernel output (jobs.influence.rec_schema): users with 1..60 past items, 1..3 recs,
+    min(2, n) kept sources and a residual row each."""
+    import pandas as pd
+
+    out = []
+    for u in range(40):
+        n = int(rng.integers(1, 60))
+        for rank in range(1, int(rng.integers(1, 4)) + 1):
+            rec = int(rng.integers(100, 120))
+            per_rec = {"score": float(rng.normal()), "top1_share": float(rng.random()),
+                       "top3_share": float(rng.random()), "effective_sources": float(rng.random() * 5),
+                       "x_rel_err": 1e-8}
+            for b in behaviors:
+                per_rec[f"type_delta_{b}"] = float(rng.normal())
+                per_rec[f"type_leaves_{b}"] = bool(rng.random() < 0.3) if leaves else None
+            keep = min(2, n)
+            srcs = rng.choice(30, keep, replace=False)
+            for sr in range(1, keep + 2):
+                resid = sr == keep + 1
+                parts = rng.normal(size=len(behaviors) + 1)
+                out.append({"user_idx": u, "rec_item_idx": rec, "rec_rank": rank, "n_history": n,
+                            "source_rank": sr, "source_item_idx": -1 if resid else int(srcs[sr - 1]),
+                            "n_sources": n - keep if resid else 1,
+                            "contribution": float(parts.sum()), "share": float(rng.normal()),
+                            "part_base": float(parts[0]),
+                            **{f"part_{b}": float(parts[i + 1]) for i, b in enumerate(behaviors)},
+                            "loo_delta": None if resid else float(rng.normal()),
+                            "loo_leaves_top_k": None if resid or not leaves else bool(rng.random() < 0.4),
+                            **per_rec})
+    return pd.DataFrame(out)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("leaves", [True, False])
+def test_aggregate_tables_equal_a_pandas_reference(spark, leaves):
+    from jobs import influence
+
+    behaviors = ["view", "purchase"]
+    pdf = _kernel_rows(np.random.default_rng(3), behaviors, leaves)
+    schema = influence.rec_schema(behaviors)
+    rows = spark.createDataFrame(pdf[schema.fieldNames()], schema)
+    edges = (5, 20)
+    seg = np.select([pdf["n_history"] < 5, pdf["n_history"] < 20], ["1-4", "5-19"], "20+")
+    first = pdf[pdf["source_rank"] == 1]
+    bt = influence.behavior_type_table(rows, behaviors=behaviors, edges=edges).toPandas()
+    assert len(bt) == 4 * 3
+    for name in ["all", "1-4", "5-19", "20+"]:
+        m = np.ones(len(pdf), bool) if name == "all" else seg == name
+        f = first[m[pdf["source_rank"].to_numpy() == 1]]
+        for p in ["base", *behaviors]:
+            got = bt[(bt["segment"] == name) & (bt["behavior"] == p)].iloc[0]
+            assert got["score_share"] == pytest.approx(pdf.loc[m, f"part_{p}"].sum() / f["score"].sum())
+            assert got["n_recs"] == len(f) and got["n_users"] == f["user_idx"].nunique()
+            if p == "base" or not leaves:
+                assert np.isnan(got["removal_leaves_fraction"])
+            else:
+                assert got["removal_leaves_fraction"] == pytest.approx(f[f"type_leaves_{p}"].mean())
+            if p != "base":
+                assert got["mean_removal_delta"] == pytest.approx(f[f"type_delta_{p}"].mean())
+    src = pdf[pdf["source_item_idx"] >= 0]
+    items = influence.items_table(rows).toPandas().set_index("item_idx").sort_index()
+    ref = src.groupby("source_item_idx").agg(
+        n_recs_supported=("contribution", lambda c: int((c > 0).sum())),
+        n_users=("user_idx", "nunique"), total_contribution=("contribution", "sum"),
+        mean_contribution=("contribution", "mean"), total_share=("share", "sum"))
+    assert list(items.index) == list(ref.index)
+    for c in ref.columns:
+        np.testing.assert_allclose(items[c].to_numpy(float), ref[c].to_numpy(float), rtol=1e-12)
+    lost = src.groupby("source_item_idx")["loo_leaves_top_k"].agg(
+        lambda v: v.astype(float).sum(min_count=1))
+    np.testing.assert_array_equal(items["n_recs_lost_without"].to_numpy(float), lost.to_numpy(float))
+    gini = influence.gini_coefficient(np.maximum(ref["total_contribution"].to_numpy(), 0))
+    assert items["influence_gini"].iloc[0] == pytest.approx(gini)
+    users = influence.users_table(rows, behaviors=behaviors).toPandas().set_index("user_idx")
+    users = users.sort_index()
+    g = first.groupby("user_idx")
+    np.testing.assert_array_equal(users["n_recs"], g.size())
+    np.testing.assert_array_equal(users["n_history"], g["n_history"].first())
+    for c in ["top1_share", "top3_share", "effective_sources"]:
+        np.testing.assert_allclose(users[f"mean_{c}"], g[c].mean(), rtol=1e-12)
+    np.testing.assert_array_equal(users["n_driving_items"], src.groupby("user_idx")["source_item_idx"].nunique())
+    sums = pdf.groupby("user_idx")[[f"part_{b}" for b in behaviors]].sum()
+    best = [behaviors[int(np.argmax(r))] if r.max() > 0 else None for r in sums.to_numpy()]
+    assert list(users["dominant_behavior"]) == best
+
+
 def test_shapley_values_known_answers_and_efficiency():
     from jobs.ablation import all_subsets, shapley_values
 
