@@ -501,19 +501,25 @@ def leaves_top_k(
         nu = (rec_s[pu, pc, pr] - s_out[pu]) / dist[pu, pc]
     nu = np.where(np.isfinite(nu), nu - 1e-9 * (np.abs(nu) + 1.0), -np.inf)
     length = np.searchsorted(-items.sorted_norm, -nu, side="right")  # items with norm >= nu
-    # items of the user that the prefix count must leave out (seen, recommended, pool)
+    # one row of prefix scores per (user, vector), as long as its longest undecided rec needs:
+    # the recs of one vector share it (an item past a rec's own prefix cannot overtake it, so
+    # counting over the longer row changes nothing)
+    pairs, p_of = np.unique(pu * n_c + pc, return_inverse=True)
+    p_len = np.zeros(len(pairs), dtype=np.int64)
+    np.maximum.at(p_len, p_of, length)
+    # items of the user that the count must leave out (seen, recommended, pool)
     excl = np.concatenate([seen, idx], axis=1)
-    excl_pos = items.position[excl]  # (U, n + R + P); unknown ids sit past every prefix
-    excl_ok = np.concatenate([np.ones(seen.shape, dtype=bool), valid], axis=1)
-    order = np.argsort(length, kind="stable")
-    # slabs of candidates whose prefix lengths are within 2x (one matrix product each), cut to
-    # about memory_doubles scores
-    ls = length[order]
+    excl_pos = np.where(np.concatenate([np.ones(seen.shape, dtype=bool), valid], axis=1),
+                        items.position[excl], n_items + 1)  # unknown: past every prefix
+    # slabs of pairs whose prefix lengths are within 2x (one matrix product each), cut to about
+    # memory_doubles scores
+    order = np.argsort(p_len, kind="stable")
+    ls = p_len[order]
     bucket = np.floor(np.log2(ls + 64.0)).astype(np.int64)
-    cuts = [0]
-    for b_start in np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])[1:]:
-        cuts.append(int(b_start))
-    cuts.append(len(order))
+    cuts = np.r_[0, np.flatnonzero(bucket[1:] != bucket[:-1]) + 1, len(order)]
+    # the answers grouped by pair, so a slab of pairs finds its answers
+    by_pair = np.argsort(p_of, kind="stable")
+    p_start = np.searchsorted(p_of[by_pair], np.arange(len(pairs) + 1))
     scanned = 0
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
         l_max = int(ls[hi - 1])
@@ -522,29 +528,36 @@ def leaves_top_k(
         step = max(1, memory_doubles // l_max)
         for a in range(lo, hi, step):
             sel = order[a:min(a + step, hi)]
-            scanned += _scan_prefix(sel, pu, pc, pr, length, cand, recs, rec_s, above, out,
-                                    excl_pos, excl_ok, items, k)
+            scanned += _scan_prefix(sel, pairs[sel] // n_c, pairs[sel] % n_c, l_max, by_pair,
+                                    p_start, pu, pr, cand, recs, rec_s, above, out, excl_pos,
+                                    items, k)
     return out, scanned
 
 
-def _scan_prefix(sel, pu, pc, pr, length, cand, recs, rec_s, above, out, excl_pos, excl_ok,
-                 items, k) -> int:
-    """Exact counts for the undecided answers ``sel`` by scoring their norm prefixes."""
-    su, sc, sr = pu[sel], pc[sel], pr[sel]
-    sl = length[sel]
-    l_max = int(sl.max())
-    m = np.arange(len(sel))
-    scores = cand[su, sc] @ items.sorted_y[:l_max].T  # (M, L)
-    in_prefix = np.arange(l_max)[None, :] < sl[:, None]
+def _scan_prefix(sel, p_u, p_c, l_max, by_pair, p_start, pu, pr, cand, recs, rec_s, above, out,
+                 excl_pos, items, k) -> int:
+    """Exact answers for the undecided (user, vector, rec) of the pairs ``sel``: each pair's
+    norm prefix is scored once, its excluded items masked, and its ``k`` best kept; a rec with
+    ``above`` better items in the pool leaves when the (k − above)-th best of the prefix beats
+    it."""
+    scores = cand[p_u, p_c] @ items.sorted_y[:l_max].T  # (P, L)
+    counts = p_start[sel + 1] - p_start[sel]
+    ans = by_pair[np.repeat(p_start[sel], counts) + (np.arange(counts.sum())
+                                                     - np.repeat(np.cumsum(counts) - counts, counts))]
+    row = np.repeat(np.arange(len(sel)), counts)
+    su, sr = pu[ans], pr[ans]
+    sc = p_c[row]
     # the rec's own score from the same product when it is in the prefix (exact ties)
     rpos = items.position[recs[su, sr]]
-    thr = np.where(rpos < sl, scores[m, np.minimum(rpos, l_max - 1)], rec_s[su, sc, sr])
-    hit = ((scores > thr[:, None]) & in_prefix).sum(axis=1)
-    # leave out the user's seen, recommended and pool items found in the prefix (each listed
-    # once: pool items are unseen and not recommended)
-    ep = excl_pos[su]  # (M, E)
-    em, ee = np.nonzero((ep < sl[:, None]) & excl_ok[su])
-    drop = scores[em, ep[em, ee]] > thr[em]
-    hit -= np.bincount(em[drop], minlength=len(sel))
-    out[su, sc, sr] = above[su, sc, sr] + hit >= k
+    thr = np.where(rpos < l_max, scores[row, np.minimum(rpos, l_max - 1)], rec_s[su, sc, sr])
+    # leave out the user's seen, recommended and pool items found in the prefix
+    ep = excl_pos[p_u]  # (P, E)
+    er, ee = np.nonzero(ep < l_max)
+    scores[er, ep[er, ee]] = -np.inf
+    kk = min(k, l_max)
+    best = -np.partition(-scores, kk - 1, axis=1)[:, :kk] if kk < l_max else scores
+    best = -np.sort(-best, axis=1)  # (P, <= k) descending
+    need = k - above[su, sc, sr]  # >= 1: the pool alone did not decide
+    ok = need <= best.shape[1]
+    out[su, sc, sr] = ok & (best[row, np.minimum(need, best.shape[1]) - 1] > thr)
     return len(sel) * l_max
