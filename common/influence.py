@@ -457,7 +457,8 @@ def leaves_top_k(
     non-recommended unseen items under ``x`` are rescored with the recommendations. Any other
     item j scored at most s_out (the next best) under ``x``, so at most s_out + ||y_j||·||x' − x||
     under x': only items with ||y_j|| above (s'_i − s_out) / ||x' − x|| can overtake rec i, and
-    when the pool cannot decide, exactly those (a prefix of the items by norm) are scored.
+    when the pool cannot decide, exactly those (a prefix of the items by norm) are scored, once
+    per counterfactual vector for all of its undecided recs.
     """
     y = items.y
     u_n, n_c = cand.shape[:2]
