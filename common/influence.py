@@ -524,9 +524,12 @@ def leaves_top_k(
     ls = p_len[order]
     bucket = np.floor(np.log2(ls + 64.0)).astype(np.int64)
     cuts = np.r_[0, np.flatnonzero(bucket[1:] != bucket[:-1]) + 1, len(order)]
-    # the answers grouped by pair, so a slab of pairs finds its answers
-    by_pair = np.argsort(p_of, kind="stable")
-    p_start = np.searchsorted(p_of[by_pair], np.arange(len(pairs) + 1))
+    # the answers in the pairs' order, so a slab of pairs owns a contiguous run of them
+    pair_rank = np.empty_like(order)
+    pair_rank[order] = np.arange(len(order))
+    ans_rank = pair_rank[p_of]
+    ans_order = np.argsort(ans_rank, kind="stable")
+    ans_rank = ans_rank[ans_order]
     scanned = 0
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
         l_max = int(ls[hi - 1])
@@ -534,25 +537,23 @@ def leaves_top_k(
             continue
         step = max(1, memory_doubles // l_max)
         for a in range(lo, hi, step):
-            sel = order[a:min(a + step, hi)]
-            scanned += _scan_prefix(sel, pairs[sel] // n_c, pairs[sel] % n_c, l_max, by_pair,
-                                    p_start, pu, pr, cand, recs, rec_s, above, out, excl_pos,
+            b = min(a + step, hi)
+            first, last = np.searchsorted(ans_rank, [a, b])
+            ans = ans_order[first:last]
+            scanned += _scan_prefix(pairs[order[a:b]], n_c, ans_rank[first:last] - a, l_max,
+                                    pu[ans], pr[ans], cand, recs, rec_s, above, out, excl_pos,
                                     items, k)
     return out, scanned
 
 
-def _scan_prefix(sel, p_u, p_c, l_max, by_pair, p_start, pu, pr, cand, recs, rec_s, above, out,
-                 excl_pos, items, k) -> int:
-    """Exact answers for the undecided (user, vector, rec) of the pairs ``sel``: each pair's
-    norm prefix is scored once, its excluded items masked, and its ``k`` best kept; a rec with
-    ``above`` better items in the pool leaves when the (k − above)-th best of the prefix beats
-    it."""
+def _scan_prefix(pair_keys, n_c, row, l_max, su, sr, cand, recs, rec_s, above, out, excl_pos,
+                 items, k) -> int:
+    """Exact answers for undecided (user ``su``, vector, rec ``sr``), each of the (user, vector)
+    pair ``pair_keys[row]``: each pair's norm prefix is scored once, its excluded items masked,
+    and its ``k`` best kept; a rec with ``above`` better items in the pool leaves when the
+    (k − above)-th best of the prefix beats it."""
+    p_u, p_c = pair_keys // n_c, pair_keys % n_c
     scores = cand[p_u, p_c] @ items.sorted_y[:l_max].T  # (P, L)
-    counts = p_start[sel + 1] - p_start[sel]
-    ans = by_pair[np.repeat(p_start[sel], counts) + (np.arange(counts.sum())
-                                                     - np.repeat(np.cumsum(counts) - counts, counts))]
-    row = np.repeat(np.arange(len(sel)), counts)
-    su, sr = pu[ans], pr[ans]
     sc = p_c[row]
     # the rec's own score from the same product when it is in the prefix (exact ties)
     rpos = items.position[recs[su, sr]]
@@ -567,4 +568,4 @@ def _scan_prefix(sel, p_u, p_c, l_max, by_pair, p_start, pu, pr, cand, recs, rec
     need = k - above[su, sc, sr]  # >= 1: the pool alone did not decide
     ok = need <= best.shape[1]
     out[su, sc, sr] = ok & (best[row, np.minimum(need, best.shape[1]) - 1] > thr)
-    return len(sel) * l_max
+    return len(pair_keys) * l_max

@@ -274,7 +274,7 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
     contrib = res["contrib"]
     c_all = rows(contrib, res["tot_contrib"] - contrib.sum(axis=2))
     cols[CONTRIBUTION] = c_all
-    sc = per_rec(scores)
+    sc = cols[S.SCORE]
     with np.errstate(divide="ignore", invalid="ignore"):
         cols[SHARE] = np.where(sc != 0, c_all / sc, np.nan)
     base = res["base"]
@@ -299,11 +299,13 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
     cols["top1_share"] = per_rec(conc[:, :, 0])
     cols["top3_share"] = per_rec(conc[:, :, 1])
     cols["effective_sources"] = per_rec(conc[:, :, 2])
+    stored = sub["stored_x"].to_numpy()
+    has = np.array([v is not None for v in stored], dtype=bool)  # left join: may be missing
     err = np.full(u_n, np.nan)
-    for i, stored in enumerate(sub["stored_x"].to_numpy()):
-        if stored is not None:
-            st = np.asarray(stored, dtype=np.float64)
-            err[i] = np.linalg.norm(res["x"][i] - st) / max(np.linalg.norm(st), 1e-30)
+    if has.any():
+        st = np.stack(stored[has]).astype(np.float64)
+        err[has] = (np.linalg.norm(res["x"][has] - st, axis=1)
+                    / np.maximum(np.linalg.norm(st, axis=1), 1e-30))
     cols["x_rel_err"] = np.repeat(err, n_r * reps)
     return cols
 

@@ -131,7 +131,7 @@ def plumbing_floor(spark, cfg) -> dict:
     history = lake.read(spark, L.GOLD_SPLITS).where("split = 'train' AND confidence > 0")
     recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(rid)
     users = lake.read(spark, L.MODELS_ALS_USER_FACTORS).where(rid)
-    behaviors = [c[len("conf_"):] for c in history.columns if c.startswith("conf_")]
+    behaviors = [b for b in cfg.vocabulary if S.conf_col(b) in history.columns]
     inputs = influence.user_inputs(history, recs, users, behaviors)
     t = time.perf_counter()
     inputs.write.format("noop").mode("overwrite").save()
