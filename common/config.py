@@ -219,6 +219,19 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
 
+    def with_(self, **overrides: Any) -> Config:
+        """A copy with dotted keys replaced, typed and validated like a loaded config::
+
+            cfg.with_(**{"als.rank": 32, "confidence.weights.view": 2.0})
+
+        A key inside a mapping (``confidence.weights.view``) changes that entry only."""
+        data = to_dict(self)
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        cfg = _build(Config, data)
+        validate(cfg)
+        return cfg
+
     @property
     def vocabulary(self) -> tuple[str, ...]:
         """Canonical behaviours plus configured extras, in a fixed order."""
