@@ -89,13 +89,37 @@ class Lake:
 
         return DeltaTable.isDeltaTable(spark, self.path(table))
 
-    def read(self, spark: SparkSession, table: str) -> DataFrame:
+    def read(
+        self, spark: SparkSession, table: str, *, version: int | None = None, why: str = ""
+    ) -> DataFrame:
+        """The table, latest or (``version``) as of that Delta version (time travel).
+
+        A pinned version that can no longer be read (its log entries expired, or VACUUM removed
+        its data files) raises :class:`VersionNotReadable` naming the table, the version and
+        ``why`` it was asked for, before any job reads a row."""
         if not self.exists(spark, table):
             raise FileNotFoundError(
                 f"lake table '{table}' does not exist at {self.path(table)}; run the stage that "
                 f"writes it first (see `reclake --help`)"
             )
-        return spark.read.format("delta").load(self.path(table))
+        reader = spark.read.format("delta")
+        if version is None:
+            return reader.load(self.path(table))
+        where = f"{table} version {version}" + (f" ({why})" if why else "")
+        try:
+            df = reader.option("versionAsOf", int(version)).load(self.path(table))
+            missing = _missing_files(spark, df.inputFiles())
+        except Exception as e:  # Delta's VersionNotFound / log-retention errors, via py4j
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VersionNotReadable(
+                f"{where} is no longer readable: {first}; re-run the stage that pinned it"
+            ) from e
+        if missing:
+            raise VersionNotReadable(
+                f"{where} is no longer readable: {len(missing)} of its data files are gone "
+                f"(VACUUM removed them), e.g. {missing[0]}; re-run the stage that pinned it"
+            )
+        return df
 
     def read_or_empty(self, spark: SparkSession, table: str, schema) -> DataFrame:
         if self.exists(spark, table):
@@ -192,6 +216,23 @@ class Lake:
         return (
             DeltaTable.forPath(spark, self.path(table)).history(1).select("version").first()[0]
         )
+
+
+class VersionNotReadable(FileNotFoundError):
+    """A pinned table version that time travel can no longer reach. Re-run the stage that
+    recorded the version (e.g. the model stage) to pin the current one."""
+
+
+def _missing_files(spark: SparkSession, files: list[str]) -> list[str]:
+    """Those of ``files`` (URIs, as ``DataFrame.inputFiles()`` lists them) that do not exist."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    missing = []
+    for f in files:
+        p = jvm.org.apache.hadoop.fs.Path(f)
+        if not p.getFileSystem(conf).exists(p):
+            missing.append(f)
+    return missing
 
 
 def quote(value: str) -> str:
