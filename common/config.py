@@ -37,7 +37,11 @@ class SparkConfig:
     # resolve Delta JARs through delta.configure_spark_with_delta_pip (local runs); on a
     # cluster pass --packages / spark.jars yourself and set this to false
     delta_pip: bool = True
+    # each stage checkpoints under its own <checkpoint_dir>/<stage>-<id>, removed when it ends
     checkpoint_dir: str | None = None  # default: <lake>/_checkpoints
+    # show Ivy's dependency resolution, Spark's start-up log and its console warnings (--verbose);
+    # otherwise the JVM's console output goes to a log file named only when a stage fails
+    verbose: bool = False
     conf: Mapping[str, str] = field(default_factory=dict)  # passed through verbatim
 
 
@@ -81,6 +85,8 @@ class IngestConfig:
     # sources without timestamps (Last.fm user_artists.dat) get this instead of being rejected
     default_ts: str = "2000-01-01T00:00:00Z"
     behavior_map: Mapping[str, str] = field(default_factory=dict)  # raw -> canonical overrides
+    # a batch with no rows, or with every row quarantined, is a warning; true: an error (exit 2)
+    fail_on_empty: bool = False
     generic: GenericSourceConfig = field(default_factory=GenericSourceConfig)
 
 
@@ -259,6 +265,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if value is None and hint is not Any:
+        # `--set key=` / `key: null` on a field that has no "unset" meaning
+        raise ConfigError(f"config key '{key}' needs a value (it cannot be null or empty)")
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
@@ -329,6 +338,46 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _set_override(data: dict, dotted: str, value: Any) -> None:
+    """``_set_dotted`` for load_config, where ``data`` holds only what the file set: a key inside a
+    mapping field (``confidence.weights.view``) is merged into that mapping as the file gave it,
+    or as the default has it, so one entry changes and the others stay."""
+    parts = dotted.split(".")
+    node, cls, default = data, Config, to_dict(Config())
+    for i, p in enumerate(parts[:-1]):
+        hint = _hints(cls).get(p) if cls is not None else None
+        if hint is not None and not dataclasses.is_dataclass(hint) and _is_mapping(hint):
+            if node.get(p) is None:
+                node[p] = dict((default or {}).get(p) or {})
+            elif isinstance(node[p], Mapping):
+                node[p] = dict(node[p])
+            # the rest is one entry's name, dots and all (spark.conf.spark.sql.foo)
+            node[p][".".join(parts[i + 1:])] = value
+            return
+        nxt = node.setdefault(p, {})
+        if nxt is None:  # an empty section in the file (`spark:` with nothing under it)
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
+        node = nxt
+        cls = hint if hint is not None and dataclasses.is_dataclass(hint) else None
+        default = default.get(p) if isinstance(default, dict) else None
+    node[parts[-1]] = value
+
+
+def _is_mapping(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    return origin in (Mapping, dict) or hint in (Mapping, dict)
+
+
+def _yaml_error(e: yaml.YAMLError, where: str) -> ConfigError:
+    """One line naming the file, line and column instead of PyYAML's multi-line report."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    return ConfigError(f"{at}: invalid YAML: {problem}")
+
+
 def _merge(base: dict, extra: Mapping) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -356,7 +405,10 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise _yaml_error(e, str(p)) from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {p} must hold a mapping at top level")
         data = _merge(data, loaded)
@@ -364,9 +416,14 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({problem})") from None
+        _set_override(data, key.strip(), value)
     for key, value in (values or {}).items():
-        _set_dotted(data, key, value)
+        _set_override(data, key, value)
     cfg = _build(Config, data)
     validate(cfg)
     return cfg

@@ -69,7 +69,59 @@ def test_bad_values_are_errors(override, match):
 def test_extras_extend_vocabulary():
     cfg = load_config(overrides=["behaviors.extras=[play, share]", "confidence.weights.play=2"])
     assert cfg.vocabulary[-2:] == ("play", "share")
-    assert cfg.confidence.weights == {"play": 2.0}
+    # one entry set: the default weights stay and the new one is added
+    assert dict(cfg.confidence.weights) == {**to_dict(load_config())["confidence"]["weights"],
+                                            "play": 2.0}
+
+
+def test_set_of_one_nested_key_merges_into_the_default_mapping():
+    cfg = load_config(overrides=["confidence.weights.view=2", "ingest.generic.columns.value=v"])
+    defaults = load_config()
+    assert dict(cfg.confidence.weights) == {**defaults.confidence.weights, "view": 2.0}
+    assert dict(cfg.ingest.generic.columns) == {**defaults.ingest.generic.columns, "value": "v"}
+    # a conf entry whose name has dots is one entry, not nested sections
+    cfg = load_config(overrides=["spark.conf.spark.sql.ansi.enabled=true"])
+    assert dict(cfg.spark.conf) == {"spark.sql.ansi.enabled": "True"}
+
+
+def test_set_of_one_nested_key_merges_into_the_files_mapping(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text("confidence:\n  weights: {view: 0.5, purchase: 10}\n")
+    cfg = load_config(p, overrides=["confidence.weights.cart=3"])
+    assert dict(cfg.confidence.weights) == {"view": 0.5, "purchase": 10.0, "cart": 3.0}
+    # a whole mapping given on the command line still replaces it
+    cfg = load_config(p, overrides=["confidence.weights={fav: 1}"])
+    assert dict(cfg.confidence.weights) == {"fav": 1.0}
+
+
+def test_set_key_to_empty_is_none_or_a_clear_error():
+    cfg = load_config(overrides=["spark.master=", "ingest.batch_id="])
+    assert cfg.spark.master is None and cfg.ingest.batch_id is None
+    for key in ("spark.app_name", "split.seed", "ingest.force", "evaluate.k"):
+        with pytest.raises(ConfigError, match=rf"'{key}' needs a value"):
+            load_config(overrides=[f"{key}="])
+    with pytest.raises(ConfigError, match="'split' must be a mapping"):
+        load_config(overrides=["split="])
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_column(tmp_path: Path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("lake: x\nspark:\n  master: [local\n  ui: true\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "<unicode string>" not in msg
+    assert msg.startswith(f"{p}:4:5: invalid YAML")
+    with pytest.raises(ConfigError, match=r"override 'split.seed=\[1,'.*not valid YAML"):
+        load_config(overrides=["split.seed=[1,"])
+
+
+def test_cli_reports_malformed_yaml_in_one_line(tmp_path: Path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("split:\n\tseed: 1\n")
+    assert cli.main(["--config", str(p), "split"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{p}:2:1" in err
 
 
 def test_cli_flags_are_config_overrides():
