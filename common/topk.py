@@ -139,17 +139,3 @@ def top_k_global_order(
         out.append(cand[~np.isin(cand, p)][:k])
     return out
 
-
-def reference_top_k(
-    user_factors: np.ndarray, item_factors: np.ndarray, item_ids: np.ndarray,
-    seen: list[np.ndarray], k: int,
-) -> list[list[tuple[int, float]]]:
-    """Brute force (full sort of every row) for tests: [(item, score), ...] per user."""
-    out = []
-    scores = user_factors @ item_factors.T
-    for u in range(user_factors.shape[0]):
-        excl = set(int(x) for x in seen[u])
-        pairs = [(int(i), float(s)) for i, s in zip(item_ids, scores[u], strict=False) if int(i) not in excl]
-        pairs.sort(key=lambda p: (-p[1], p[0]))
-        out.append(pairs[:k])
-    return out

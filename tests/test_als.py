@@ -8,7 +8,8 @@ import pytest
 from common import lake as L
 from common import schema as S
 from common.lake import Lake
-from common.topk import reference_top_k, top_k_dot, top_k_global_order
+from common.topk import top_k_dot, top_k_global_order
+from tests.reference.topk import reference_top_k
 
 # --- the NumPy kernel (no Spark) ---------------------------------------------------------------
 
