@@ -1,4 +1,4 @@
-"""jobs/generate.py: determinism, counts, realism and dirty rows, checked on the written files.
+"""jobs/generate/: determinism, counts, realism and dirty rows, checked on the written files.
 
 The dirty-row checks parse each format with a small parser written here, independent of the
 generator, and compare what it finds with the manifest.
@@ -433,7 +433,7 @@ def test_add_arguments_sets_dotted_config_keys():
     cfg = load_config(values=values)
     assert cfg.generate.formats == ("csv", "taobao")
     assert (G.__doc__ or "").strip().splitlines()[0]
-    assert "spark-submit jobs/generate.py --events 1000000 --out ./demo-data" in G.__doc__
+    assert "spark-submit jobs/generate/__main__.py --events 1000000 --out ./demo-data" in G.__doc__
     assert G.NEEDS_SPARK is False
 
 
