@@ -158,7 +158,7 @@ class GenerateConfig:
 class RunConfig:
     """Which model run a model / evaluation stage works on."""
 
-    model: str = "als"  # als | popularity
+    model: str = "als"  # a registered model (common/models.py): als | popularity | ...
     run_id: str | None = None  # default: generated (<model>-<UTC time>-<random>) and printed
     dataset: str | None = None  # label in metrics/evaluation; default ingest.source_format
 
@@ -208,6 +208,9 @@ class InfluenceConfig:
     pool: int = 200  # unseen items pre-scored per user for the exact leaves-top-K check
     segment_edges: tuple[int, ...] = (5, 20, 50)  # user segments by train history length
     broadcast_max_mb: float = 512.0  # item factors broadcast up to this, else joined
+    # explain fails (nothing written) when a recomputed user vector is further than this from
+    # the run's stored factors (relative): the decomposition would not describe the model
+    max_x_rel_err: float = 1e-3
     # ablation: retrain on every subset of the auxiliary behaviours, judge on the target
     ablation_target: str = "purchase"
     ablation_seeds: tuple[int, ...] = (1, 2, 3)
@@ -459,8 +462,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"split.cold must be drop|keep, got {cfg.split.cold!r}")
     if cfg.sequences.max_len < 1:
         raise ConfigError("sequences.max_len must be >= 1")
-    if cfg.run.model not in ("als", "popularity"):
-        raise ConfigError(f"run.model must be als|popularity, got {cfg.run.model!r}")
+    from common import models  # the registry imports no model code until one is used
+
+    models.check_name(cfg.run.model)
     for key in ("rank", "max_iter", "num_user_blocks", "num_item_blocks", "checkpoint_interval"):
         if getattr(cfg.als, key) < 1:
             raise ConfigError(f"als.{key} must be >= 1, got {getattr(cfg.als, key)}")
@@ -475,6 +479,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"influence.action must be explain|ablation, got {cfg.influence.action!r}")
     if cfg.influence.top_n < 1 or cfg.influence.pool < 0:
         raise ConfigError("influence.top_n must be >= 1 and influence.pool >= 0")
+    if not cfg.influence.max_x_rel_err >= 0:
+        raise ConfigError(
+            f"influence.max_x_rel_err must be >= 0, got {cfg.influence.max_x_rel_err}")
     if cfg.influence.ablation_target not in vocab:
         raise ConfigError(f"influence.ablation_target must be a known behaviour {sorted(vocab)}")
     if cfg.evaluate.target != "all" and cfg.evaluate.target not in vocab:

@@ -39,6 +39,9 @@ LAST_TS = "last_ts"
 RATING = "rating"
 PROTOCOL = "protocol"
 SPLIT = "split"
+# values of SPLIT in gold/splits, and the protocols that write them
+TRAIN, VALID, TEST = "train", "valid", "test"
+PROTOCOLS: tuple[str, ...] = ("stratified", "temporal", "leave_last_out")
 
 # --- models, recommendations, evaluation ------------------------------------------------------------
 RUN_ID = "run_id"

@@ -21,7 +21,6 @@ kind ``subset`` per S with v(S) and ± one standard deviation over seeds in ci_l
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import time
@@ -33,11 +32,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from common import lake as L
+from common import metrics as M
 from common import schema as S
 from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger
-from jobs import als, evaluate
+from jobs.models.als import fit_als, recommend_als
+from jobs.models.topk import seen_items
 
 log = get_logger("ablation")
 
@@ -56,6 +57,8 @@ SHAPLEY_SCHEMA = T.StructType([
     T.StructField("n_seeds", T.IntegerType()),
     T.StructField(S.K, T.IntegerType()),
     T.StructField(S.CREATED_AT, T.TimestampType(), False),
+    # the Delta version of every table the ablation read (gold/splits)
+    T.StructField("inputs", T.MapType(T.StringType(), T.LongType())),
 ])
 
 
@@ -94,14 +97,16 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     protocol, target = cfg.split.protocol, ic.ablation_target
     run_id = cfg.run.run_id or f"ablation-{protocol}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     k = cfg.recommend.k
-    splits = lake.read(spark, L.GOLD_SPLITS).where(F.col(S.PROTOCOL) == protocol)
+    inputs = {L.GOLD_SPLITS: lake.version(spark, L.GOLD_SPLITS)}  # pinned for the whole run
+    splits = lake.read(spark, L.GOLD_SPLITS, version=inputs[L.GOLD_SPLITS]).where(
+        F.col(S.PROTOCOL) == protocol)
     if S.conf_col(target) not in splits.columns:
         raise ConfigError(f"{L.GOLD_SPLITS} has no {S.conf_col(target)}; re-run `reclake split`")
-    train = splits.where(F.col(S.SPLIT) == "train").cache()
+    train = splits.where(F.col(S.SPLIT) == S.TRAIN).cache()
     present = [b for b in cfg.vocabulary if S.conf_col(b) in splits.columns and b != target]
     maxes = train.agg(*[F.max(S.conf_col(b)).alias(b) for b in present]).first()
     aux = [b for b in present if (maxes[b] or 0) > 0]
-    truth = splits.where((F.col(S.SPLIT) == "test") & (F.col(S.count_col(target)) > 0)).select(
+    truth = splits.where((F.col(S.SPLIT) == S.TEST) & (F.col(S.count_col(target)) > 0)).select(
         S.USER_IDX, S.ITEM_IDX)
     users = (truth.select(S.USER_IDX).distinct()
              .join(train.select(S.USER_IDX).distinct(), S.USER_IDX).toPandas()[S.USER_IDX]
@@ -112,7 +117,7 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     users.sort()
     truth = truth.join(spark.createDataFrame([(int(u),) for u in users], f"{S.USER_IDX} int"),
                        S.USER_IDX)
-    seen = als.seen_items(train.select(S.USER_IDX, S.ITEM_IDX))
+    seen = seen_items(train.select(S.USER_IDX, S.ITEM_IDX))
     subsets = all_subsets(aux)
     seeds = list(ic.ablation_seeds)
     print(f"ablation {run_id}: target {target}, auxiliary {aux} -> {len(subsets)} subsets x "
@@ -125,10 +130,10 @@ def main(spark: SparkSession, cfg: Config) -> dict:
             data.unpersist()
             continue  # nothing to learn from: NDCG 0 for everyone
         for seed_i, seed in enumerate(seeds):
-            c = dataclasses.replace(cfg, als=dataclasses.replace(cfg.als, seed=seed))
-            model = als.make_als(cfg=c).fit(data)
-            recs = als.recommend_als(spark, model, seen, cfg=c)
-            nd = evaluate.user_ndcg(recs, truth, k=k).toPandas()
+            c = cfg.with_(**{"als.seed": seed})
+            model = fit_als(spark, data, cfg=c, checkpoint_dir=f"{lake.root}/_checkpoints")
+            recs = recommend_als(model, seen, cfg=c)
+            nd = M.user_metrics(recs, truth, k=k, metrics=("ndcg",)).toPandas()
             pos = np.searchsorted(users, nd[S.USER_IDX].to_numpy())
             values[s_i, seed_i, pos] = nd["ndcg"].to_numpy()
         data.unpersist()
@@ -149,7 +154,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     v_all, v_empty = float(v_sub[-1]), float(v_sub[0])
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     common = dict(run_id=run_id, protocol=protocol, target=target, v_all=v_all, v_empty=v_empty,
-                  n_users=len(users), n_seeds=len(seeds), k=k, created_at=created)
+                  n_users=len(users), n_seeds=len(seeds), k=k, created_at=created,
+                  inputs=inputs)
     rows = []
     for b in aux:
         lo, hi = np.percentile([bt[b] for bt in boots], [2.5, 97.5]) if boots else (None, None)
@@ -163,7 +169,8 @@ def main(spark: SparkSession, cfg: Config) -> dict:
                      "ci_high": float(v_sub[s_i] + seed_sd[s_i])})
     df = spark.createDataFrame([tuple(r[f.name] for f in SHAPLEY_SCHEMA.fields) for r in rows],
                                SHAPLEY_SCHEMA)
-    lake.replace_rows(df, L.INFLUENCE_BEHAVIOR_SHAPLEY, f"{S.RUN_ID} = {quote(run_id)}")
+    lake.replace_rows(df, L.INFLUENCE_BEHAVIOR_SHAPLEY, f"{S.RUN_ID} = {quote(run_id)}",
+                      merge_schema=True)
     print(f"NDCG@{k} on test '{target}': all auxiliary {v_all:.4f}, target only {v_empty:.4f}")
     for r in rows[: len(aux)]:
         print(f"  Shapley {r[S.BEHAVIOR]:<8} {r[S.VALUE]:+.4f}  95% CI [{r['ci_low']:+.4f}, "

@@ -2,15 +2,18 @@
 
     spark-submit jobs/evaluate.py --lake ./lake --run-id als-20240101T000000-ab12 --k 5,10
 
-Reads the ``gold/recommendations`` rows of ``--run-id`` (the run's model and protocol come from
-them), that protocol's ``gold/splits`` test rows as truth (with ``--target purchase`` only test
-pairs with ``cnt_purchase > 0``) and its train rows as the catalogue. Writes one row per
-(k, metric) — precision, recall, ndcg, map, hit_rate, mrr, users_evaluated, users_truth_no_recs,
-users_recs_no_truth, coverage, mean_popularity, novelty — and prints a table. Re-running a run and
-target replaces its rows.
+Reads the run's record (``models/runs``: its model, protocol and the table versions it read and
+wrote), the run's ``gold/recommendations`` rows and that protocol's ``gold/splits`` test rows as
+truth (with ``--target purchase`` only test pairs with ``cnt_purchase > 0``) and its train rows as
+the catalogue, each at the version the run recorded: re-running ``split`` or another model later
+leaves this evaluation unchanged. Writes one row per (k, metric) — precision, recall, ndcg, map,
+hit_rate, mrr, users_evaluated, users_truth_no_recs, users_recs_no_truth, coverage,
+mean_popularity, novelty — and prints a table. Re-running a run and target replaces its rows.
 
-The definitions are those of the reference, ``common/metrics.py``; a test asserts the two agree
-to 1e-9 on random data with tied scores, short lists and users without truth or without lists.
+The definitions are stated once, in ``common/metrics.py``; a test asserts they agree with the
+plain-Python reference (``tests/reference/metrics.py``) to 1e-9 on random data with tied scores,
+short lists and users without truth or without lists, and with Spark ML's RankingEvaluator where
+the definitions coincide.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
@@ -30,11 +33,10 @@ from common import schema as S
 from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger, timed
-from jobs.split import TEST, TRAIN
+from common.runs import check_run_exists, read_run
 
 log = get_logger("evaluate")
 
-N_TRUTH, FIRST_RANK, HIT_RANKS, POPULARITY = "n_truth", "first_rank", "hit_ranks", "popularity"
 ALL_TARGETS = "all"
 
 # MS Recommenders' published MovieLens-100K figures at k=10 (microsoft/recommenders,
@@ -73,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    action="store_const", const=True, default=None,
                    help="print MS Recommenders' published MovieLens-100K figures beside")
     p.add_argument("--dataset", dest="run.dataset", default=None,
-                   help="dataset label in metrics/evaluation (default ingest.source_format)")
+                   help="dataset label in metrics/evaluation (default: the run's)")
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -85,80 +87,6 @@ def rank_by_score(recs: DataFrame) -> DataFrame:
     S.require_columns(recs, S.USER_IDX, S.ITEM_IDX, S.SCORE, where="rank_by_score")
     order = Window.partitionBy(S.USER_IDX).orderBy(F.desc(S.SCORE), F.asc(S.ITEM_IDX))
     return recs.withColumn(S.RANK, F.row_number().over(order).cast("int"))
-
-
-def user_hits(recs: DataFrame, truth: DataFrame, *, max_rank: int) -> DataFrame:
-    """One row per user found in either input.
-
-    In: recs ``user_idx, item_idx, rank``; truth ``user_idx, item_idx``.
-    Out: ``user_idx``; ``n_truth`` (distinct truth items); ``first_rank`` (best rank <= max_rank,
-    null without one); ``hit_ranks`` (ascending ranks <= max_rank whose item is in the truth).
-
-    Rec and truth rows meet in one group by (user, item) rather than a join, so duplicates
-    collapse (an item repeated in a list counts once, at its best rank) and users present on one
-    side only keep a row."""
-    S.require_columns(recs, S.USER_IDX, S.ITEM_IDX, S.RANK, where="recommendations")
-    S.require_columns(truth, S.USER_IDX, S.ITEM_IDX, where="truth")
-    in_truth = "_in_truth"
-    rank = F.col(S.RANK).cast("int").alias(S.RANK)
-    r = recs.where(F.col(S.RANK) <= max_rank).select(
-        S.USER_IDX, S.ITEM_IDX, rank, F.lit(False).alias(in_truth)
-    )
-    t = truth.select(
-        S.USER_IDX, S.ITEM_IDX, F.lit(None).cast("int").alias(S.RANK), F.lit(True).alias(in_truth)
-    )
-    # partitioned by user once, both groupings below run without another shuffle
-    pairs = r.unionByName(t).repartition(S.USER_IDX).groupBy(S.USER_IDX, S.ITEM_IDX).agg(
-        F.min(S.RANK).alias(S.RANK), F.max(in_truth).alias(in_truth)
-    )
-    return pairs.groupBy(S.USER_IDX).agg(
-        F.count(F.when(F.col(in_truth), 1)).alias(N_TRUTH),
-        F.min(S.RANK).alias(FIRST_RANK),
-        # collect_list skips the nulls of non-hits and of truth-only items
-        F.sort_array(F.collect_list(F.when(F.col(in_truth), F.col(S.RANK)))).alias(HIT_RANKS),
-    )
-
-
-def _sum(arr: Column, term) -> Column:
-    return F.aggregate(arr, F.lit(0.0), lambda acc, x: acc + term(x))
-
-
-def _ranking_aggs(k: int) -> list[Column]:
-    """Aggregates over ``user_hits`` rows, named ``<metric>@<k>``."""
-    n_truth = F.col(N_TRUTH)
-    has_recs = F.coalesce(F.col(FIRST_RANK) <= k, F.lit(False))
-    evaluated = (n_truth > 0) & has_recs
-    hits = F.filter(HIT_RANKS, lambda r: r <= k)  # ascending, as the reference sums them
-    n_hits = F.size(hits)
-    ideal = F.least(n_truth, F.lit(k)).cast("int")
-    idcg = _sum(F.sequence(F.lit(1), ideal), lambda i: 1 / F.log2(i + 1))
-    per_user = {
-        "precision": n_hits / F.lit(k),
-        "recall": n_hits / n_truth,
-        "ndcg": _sum(hits, lambda r: 1 / F.log2(r + 1)) / idcg,
-        # the j-th hit (1-based) at rank r contributes P@r = j / r
-        "map": _sum(F.transform(hits, lambda r, j: (j + 1) / r), lambda x: x) / ideal,
-        "hit_rate": (n_hits > 0).cast("double"),
-        "mrr": F.coalesce(1 / F.array_min(hits), F.lit(0.0)),
-    }
-    # the values sit inside when(evaluated, ...): they divide by n_truth, which is 0 elsewhere
-    aggs = [F.avg(F.when(evaluated, v)).alias(f"{m}@{k}") for m, v in per_user.items()]
-    return aggs + [
-        F.count(F.when(evaluated, 1)).alias(f"users_evaluated@{k}"),
-        F.count(F.when((n_truth > 0) & ~has_recs, 1)).alias(f"users_truth_no_recs@{k}"),
-        F.count(F.when((n_truth == 0) & has_recs, 1)).alias(f"users_recs_no_truth@{k}"),
-    ]
-
-
-def user_ndcg(recs: DataFrame, truth: DataFrame, *, k: int) -> DataFrame:
-    """``user_idx, ndcg`` for every user with truth items (0 for users without a hit or without
-    recommendations), the per-user values behind ``ndcg@k``: what bootstraps over users need."""
-    hits = F.filter(HIT_RANKS, lambda r: r <= k)
-    ideal = F.least(F.col(N_TRUTH), F.lit(k)).cast("int")
-    idcg = _sum(F.sequence(F.lit(1), ideal), lambda i: 1 / F.log2(i + 1))
-    ndcg = _sum(hits, lambda r: 1 / F.log2(r + 1)) / idcg
-    return user_hits(recs, truth, max_rank=k).where(F.col(N_TRUTH) > 0).select(
-        S.USER_IDX, ndcg.cast("double").alias("ndcg"))
 
 
 def _num(value) -> float:
@@ -173,20 +101,10 @@ def ranking_metrics(
 
     In: recs ``user_idx, item_idx, rank``; truth ``user_idx, item_idx``. One per-user aggregation
     and one global aggregation for all ``ks`` together; only the result row reaches the driver."""
-    per_user = user_hits(recs, truth, max_rank=max(ks))
-    row = per_user.agg(*[a for k in ks for a in _ranking_aggs(k)]).first()
+    per_user = M.user_hits(recs, truth, max_rank=max(ks))
+    row = per_user.agg(*[a for k in ks for a in M.ranking_aggregates(k)]).first()
     names = M.RANKING_METRICS + M.USER_COUNTS
     return {k: {m: _num(row[f"{m}@{k}"]) for m in names} for k in ks}
-
-
-def item_popularity(train: DataFrame) -> DataFrame:
-    """In: train ``user_idx, item_idx``. Out: ``item_idx, popularity`` (distinct train users with
-    the item / distinct train users), one row per catalogue item."""
-    S.require_columns(train, S.USER_IDX, S.ITEM_IDX, where="train")
-    n_users = train.agg(F.countDistinct(S.USER_IDX)).first()[0]
-    return train.groupBy(S.ITEM_IDX).agg(
-        (F.countDistinct(S.USER_IDX) / F.lit(max(n_users, 1))).alias(POPULARITY)
-    )
 
 
 def _ratio(num, den) -> float:
@@ -205,8 +123,8 @@ def catalogue_metrics(
     per_item = recs.where(rank <= max(ks)).groupBy(S.ITEM_IDX).agg(
         *[F.count(F.when(rank <= k, 1)).alias(f"rows@{k}") for k in ks]
     )
-    items = per_item.join(item_popularity(train), S.ITEM_IDX, "full")
-    p = F.col(POPULARITY)
+    items = per_item.join(M.item_popularity(train), S.ITEM_IDX, "full")
+    p = F.col(M.POPULARITY)
     sums = [F.count(p).alias("n_items")]
     for k in ks:
         n = F.col(f"rows@{k}")  # null for catalogue items nobody got
@@ -232,28 +150,6 @@ def catalogue_metrics(
 # --- the run -------------------------------------------------------------------------------------
 
 
-def _run_recommendations(
-    spark: SparkSession, lake: Lake, run_id: str
-) -> tuple[DataFrame, str, str]:
-    """The run's ``gold/recommendations`` rows, its model and its protocol."""
-    table = lake.read(spark, L.GOLD_RECOMMENDATIONS)
-    recs = table.where(F.col(S.RUN_ID) == run_id)
-    keys = recs.select(S.MODEL, S.PROTOCOL).distinct().collect()
-    if not keys:
-        runs = sorted(r[0] for r in table.select(S.RUN_ID).distinct().collect())
-        shown = ", ".join(runs[:10]) + (f" (and {len(runs) - 10} more)" if len(runs) > 10 else "")
-        raise ConfigError(
-            f"no rows for run_id {run_id!r} in {L.GOLD_RECOMMENDATIONS}; "
-            f"available run_ids: {shown or 'none'}"
-        )
-    if len(keys) > 1:
-        raise ConfigError(
-            f"run_id {run_id!r} has rows for several (model, protocol): "
-            f"{sorted(tuple(k) for k in keys)}"
-        )
-    return recs, keys[0][S.MODEL], keys[0][S.PROTOCOL]
-
-
 def evaluate_run(
     spark: SparkSession,
     lake: Lake,
@@ -264,11 +160,16 @@ def evaluate_run(
     dataset: str | None,
 ) -> list[dict]:
     """``metrics/evaluation`` rows (``schema.EVALUATION_SCHEMA`` fields) of one run: one per
-    (k, metric), value a float (counts too)."""
+    (k, metric), value a float (counts too). Every table is read at the version the run recorded
+    (``models/runs``), so later writes to the lake change nothing here. ``dataset``: the label
+    (default the run's)."""
     ks = sorted(set(ks))
-    recs, model, protocol = _run_recommendations(spark, lake, run_id)
-    splits = lake.read(spark, L.GOLD_SPLITS).where(F.col(S.PROTOCOL) == protocol)
-    truth = splits.where(F.col(S.SPLIT) == TEST)
+    rec = read_run(spark, lake, run_id)
+    model, protocol = rec.model, rec.protocol
+    dataset = dataset or rec.dataset
+    recs = rec.read(spark, lake, L.GOLD_RECOMMENDATIONS).where(F.col(S.RUN_ID) == run_id)
+    splits = rec.read(spark, lake, L.GOLD_SPLITS).where(F.col(S.PROTOCOL) == protocol)
+    truth = splits.where(F.col(S.SPLIT) == S.TEST)
     if target != ALL_TARGETS:
         cnt = S.count_col(target)
         if cnt not in splits.columns:
@@ -277,7 +178,7 @@ def evaluate_run(
                 f"split with '{target}' in the behaviour vocabulary, or use target 'all'"
             )
         truth = truth.where(F.col(cnt) > 0)
-    train = splits.where(F.col(S.SPLIT) == TRAIN)
+    train = splits.where(F.col(S.SPLIT) == S.TRAIN)
     if S.RANK not in recs.columns:
         recs = rank_by_score(recs)
     top = recs.where(F.col(S.RANK) <= max(ks)).select(S.USER_IDX, S.ITEM_IDX, S.RANK).cache()
@@ -352,16 +253,22 @@ def write_evaluation(spark: SparkSession, lake: Lake, rows: Sequence[dict], *, r
     lake.replace_rows(df, L.METRICS_EVALUATION, where)
 
 
-def main(spark: SparkSession, cfg: Config) -> list[dict]:
-    run_id = cfg.run.run_id
-    if run_id is None:
+def preflight(cfg: Config) -> None:
+    """Checks that need no Spark: a run id is given and (local lakes) recorded."""
+    if cfg.run.run_id is None:
         raise ConfigError(
-            "evaluate needs a run: pass --run-id (the run_id printed by the model stage, also "
-            f"in {L.GOLD_RECOMMENDATIONS})"
+            "evaluate needs a run: pass --run-id (the run_id printed by `reclake fit`, also "
+            f"in {L.MODELS_RUNS})"
         )
+    check_run_exists(Lake(cfg.lake), cfg.run.run_id)
+
+
+def main(spark: SparkSession, cfg: Config) -> list[dict]:
+    preflight(cfg)
+    run_id = cfg.run.run_id
     lake = Lake(cfg.lake)
     ev = cfg.evaluate
-    dataset = cfg.run.dataset or cfg.ingest.source_format
+    dataset = cfg.run.dataset
     with timed(log, f"{L.METRICS_EVALUATION} run_id={run_id} target={ev.target} k={list(ev.k)}"):
         rows = evaluate_run(spark, lake, run_id=run_id, ks=ev.k, target=ev.target, dataset=dataset)
         write_evaluation(spark, lake, rows, run_id=run_id, target=ev.target)

@@ -35,7 +35,7 @@ from common.log import get_logger, timed
 from jobs.transform import build_interactions, read_indexed_events
 
 log = get_logger("split")
-TRAIN, VALID, TEST = "train", "valid", "test"
+TRAIN, VALID, TEST = S.TRAIN, S.VALID, S.TEST
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -120,12 +120,19 @@ def test_als_checkerboard_withheld_item_comes_first_and_seen_never(spark, checke
     assert (recs.sort_values([S.USER_IDX, S.RANK]).groupby(S.USER_IDX)[S.SCORE]
             .apply(lambda s: s.is_monotonic_decreasing).all())
     # run record and a loadable Spark model
-    assert record["counts"]["train_rows"] == len(train)
-    runs = lake.read(spark, L.MODELS_RUNS).where("run_id = 'als-cb'").collect()
-    assert len(runs) == 1 and runs[0]["params"]["als.rank"] == "4"
+    assert record.counts["train_rows"] == len(train)
+    assert lake.read(spark, L.MODELS_RUNS).where("run_id = 'als-cb'").count() == 1
+    from common.runs import read_run
+
+    stored = read_run(spark, lake, "als-cb")
+    assert stored == record.__class__(**{**record.__dict__, "created_at": stored.created_at})
+    assert stored.params["als.rank"] == 4 and stored.params["recommend.exclude_seen"] is True
+    assert stored.inputs == {L.GOLD_SPLITS: lake.version(spark, L.GOLD_SPLITS)}
+    assert set(stored.outputs) == {L.GOLD_RECOMMENDATIONS, L.MODELS_ALS_USER_FACTORS,
+                                   L.MODELS_ALS_ITEM_FACTORS}
     from pyspark.ml.recommendation import ALSModel
 
-    model = ALSModel.load(runs[0]["model_path"])
+    model = ALSModel.load(stored.artefacts["spark_model"])
     assert model.rank == 4 and model.userFactors.count() == 20
 
 
@@ -134,9 +141,7 @@ def test_als_rerun_replaces_rows_and_other_runs_stay(spark, checker_lake):
 
     cfg, lake, _, _ = checker_lake(run__run_id="r1", als__save_model=False)
     als.main(spark, cfg)
-    import dataclasses
-
-    als.main(spark, dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id="r2")))
+    als.main(spark, cfg.with_(**{"run.run_id": "r2"}))
     als.main(spark, cfg)  # r1 again
     recs = lake.read(spark, L.GOLD_RECOMMENDATIONS)
     counts = {r[0]: r[1] for r in recs.groupBy(S.RUN_ID).count().collect()}
@@ -157,7 +162,7 @@ def test_popularity_known_answer(spark, make_cfg):
             ("test", 9, 5, 1)]  # user 9: held out without train history (cold)
     _write_splits(spark, lake, rows)
     record = als.main(spark, cfg)
-    assert record["counts"]["heldout_rows_cold_user"] == 1
+    assert record.counts["heldout_rows_cold_user"] == 1
     got = lake.read(spark, L.GOLD_RECOMMENDATIONS).orderBy(S.USER_IDX, S.RANK).toPandas()
     as_lists = got.groupby(S.USER_IDX)[S.ITEM_IDX].apply(list).to_dict()
     assert as_lists == {0: [7, 8], 1: [7], 2: [6, 8]}
@@ -166,7 +171,7 @@ def test_popularity_known_answer(spark, make_cfg):
 
 
 def test_recommend_dot_matches_reference_and_blocked_path(spark):
-    from jobs import als
+    from jobs.models import topk as als
 
     rng = np.random.default_rng(3)
     n_users, n_items, r, k = 40, 70, 3, 5

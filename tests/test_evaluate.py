@@ -1,4 +1,5 @@
-"""Spark evaluation against the reference (common/metrics.py), and the evaluate stage end to end."""
+"""Spark metrics (common/metrics.py) against the reference (tests/reference/metrics.py) and Spark
+ML's RankingEvaluator, and the evaluate stage end to end at the table versions a run pinned."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 
 from common import lake as L
-from common import metrics as M
 from common import schema as S
 from common.config import ConfigError, load_config
 from common.lake import Lake
+from common.runs import RunRecord, write_run
 from jobs import evaluate as E
+from tests.reference import metrics as M
 
 pytestmark = pytest.mark.spark
 
@@ -82,6 +84,37 @@ def test_spark_matches_reference_on_random_data(spark):
     ranked.unpersist()
 
 
+def test_spark_matches_ranking_evaluator_where_the_definitions_coincide(spark):
+    """precision@K, recall@K and NDCG@K against pyspark.ml.evaluation.RankingEvaluator, on tied
+    scores, short and empty lists and empty truths. RankingEvaluator averages over every row it
+    gets (a user with truth and an empty list counts 0 there; common/metrics.py leaves such users
+    out and counts them), so the rows it gets are the users with both: the same population."""
+    from pyspark.ml.evaluation import RankingEvaluator
+
+    scores, truth, _ = random_case(seed=11)
+    lists = M.rank_by_score(scores)
+    ranked = E.rank_by_score(spark.createDataFrame(
+        [(u, i, s) for u, pairs in scores.items() for i, s in pairs],
+        "user_idx int, item_idx int, score double")).cache()
+    ours = E.ranking_metrics(ranked, pairs_df(spark, truth), ks=KS)
+    both = sorted(u for u in lists if lists[u] and truth.get(u))
+    assert 0 < len(both) < len(set(lists) | set(truth))  # the case has users of every kind
+    pred = spark.createDataFrame(
+        [([float(i) for i in lists[u]], [float(i) for i in sorted(truth[u])]) for u in both],
+        "prediction array<double>, label array<double>")
+    everyone = spark.createDataFrame(
+        [([float(i) for i in lists.get(u, [])], [float(i) for i in sorted(truth[u])])
+         for u in sorted(truth)], "prediction array<double>, label array<double>")
+    for k in KS:
+        for ours_name, theirs in (("precision", "precisionAtK"), ("recall", "recallAtK"),
+                                  ("ndcg", "ndcgAtK")):
+            ev = RankingEvaluator(metricName=theirs, k=k)
+            assert ours[k][ours_name] == pytest.approx(ev.evaluate(pred), abs=1e-9), (k, theirs)
+            # the documented difference: users with truth but no list pull theirs down
+            assert ev.evaluate(everyone) < ours[k][ours_name]
+    ranked.unpersist()
+
+
 def test_no_evaluated_user_gives_nan(spark):
     recs = spark.createDataFrame([(0, 1, 1)], "user_idx int, item_idx int, rank int")
     got = E.ranking_metrics(recs, pairs_df(spark, {1: {1}}), ks=[10])[10]
@@ -116,6 +149,18 @@ def tiny_lake(spark, tmp_path_factory) -> str:
         for rank, i in enumerate(items, start=1)
     ]
     lake.write(spark.createDataFrame(recs, S.RECOMMENDATIONS_SCHEMA), L.GOLD_RECOMMENDATIONS)
+    pinned = {L.GOLD_SPLITS: lake.version(spark, L.GOLD_SPLITS)}
+    written = {L.GOLD_RECOMMENDATIONS: lake.version(spark, L.GOLD_RECOMMENDATIONS)}
+    for run in RUN_LISTS:
+        write_run(spark, lake, RunRecord(run_id=run, model="als", protocol="stratified",
+                                         dataset="tiny", inputs=pinned, outputs=written))
+    # the lake moves on after training: a re-split and another run's recommendations. The runs
+    # above pinned the versions before, so their evaluation must not see any of this.
+    lake.replace_rows(spark.createDataFrame([("stratified", "test", 3, 0, 1.0, T0, 1, 1)],
+                                            SPLITS_DDL), L.GOLD_SPLITS, "protocol = 'stratified'")
+    lake.replace_rows(spark.createDataFrame([("r1", "als", "stratified", 3, 1, 9, 1.0)],
+                                            S.RECOMMENDATIONS_SCHEMA),
+                      L.GOLD_RECOMMENDATIONS, "run_id = 'r1'")
     return root
 
 
@@ -164,7 +209,7 @@ def test_main_writes_reference_values_and_replaces_on_rerun(spark, tiny_lake, ca
 
 
 def test_main_errors_name_the_problem(spark, tiny_lake):
-    with pytest.raises(ConfigError, match=r"'nope'.*available run_ids: r0, r1"):
+    with pytest.raises(ConfigError, match=r"no run 'nope'.*runs: r0, r1"):
         E.main(spark, stage_cfg(tiny_lake, run__run_id="nope"))
     with pytest.raises(ConfigError, match="--run-id"):
         E.main(spark, stage_cfg(tiny_lake))

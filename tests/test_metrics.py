@@ -1,4 +1,4 @@
-"""The NumPy-free reference metrics against answers worked out by hand."""
+"""The plain-Python reference metrics (tests/reference/metrics.py) against answers worked out by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common import metrics as M
+from tests.reference import metrics as M
 
 L2, L3, L4 = math.log2(2), math.log2(3), math.log2(4)
 
