@@ -46,8 +46,8 @@ reproduce-ml100k: install
 	$(ML) ingest --path $(RECLAKE_DATA_DIR)/movielens-100k/u.data
 	$(ML) transform
 	$(ML) split
-	$(ML) als --run-id ml100k-als
-	$(ML) als --model popularity --run-id ml100k-popularity
+	$(ML) fit --model als --run-id ml100k-als
+	$(ML) fit --model popularity --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-als --compare-published
 
@@ -56,8 +56,8 @@ reproduce-taobao: install
 	$(TB) ingest --path $(RECLAKE_DATA_DIR)/taobao-userbehavior-sample/UserBehavior.csv
 	$(TB) transform
 	$(TB) split
-	$(TB) als --run-id taobao-als
-	$(TB) als --model popularity --run-id taobao-popularity
+	$(TB) fit --model als --run-id taobao-als
+	$(TB) fit --model popularity --run-id taobao-popularity
 	for run in taobao-als taobao-popularity; do for t in all purchase; do \
 	  $(TB) evaluate --run-id $$run --target $$t || exit 1; done; done
 	$(TB) influence --run-id taobao-als
