@@ -41,6 +41,7 @@ from common.lake import Lake, quote
 from common.log import get_logger, timed
 from common.models import TrainContext
 from common.runs import RunRecord, write_run
+from common.splits import train_split
 from jobs.models.topk import seen_items, users_with_nothing_seen
 
 log = get_logger("fit")
@@ -80,20 +81,6 @@ def new_run_id(model: str) -> str:
 
 
 # --- pure transforms ---------------------------------------------------------------------------
-
-
-def train_split(splits: DataFrame, *, protocol: str) -> DataFrame:
-    """``gold/splits`` -> the protocol's train rows ``user_idx, item_idx, confidence`` with
-    confidence > 0 (implicit models read r > 0 as a positive; r <= 0 would be no signal)."""
-    S.require_columns(splits, S.PROTOCOL, S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
-                      where="gold/splits")
-    return splits.where(
-        (F.col(S.PROTOCOL) == protocol) & (F.col(S.SPLIT) == S.TRAIN) & (F.col(S.CONFIDENCE) > 0)
-    ).select(
-        F.col(S.USER_IDX).cast("int").alias(S.USER_IDX),
-        F.col(S.ITEM_IDX).cast("int").alias(S.ITEM_IDX),
-        F.col(S.CONFIDENCE).cast("double").alias(S.CONFIDENCE),
-    )
 
 
 def recommendation_rows(recs: DataFrame, *, run_id: str, model: str, protocol: str) -> DataFrame:

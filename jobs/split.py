@@ -30,9 +30,9 @@ from pyspark.sql.window import Window
 from common import lake as L
 from common import schema as S
 from common.config import Config
+from common.interactions import build_interactions, read_indexed_events
 from common.lake import Lake, quote
 from common.log import get_logger, timed
-from jobs.transform import build_interactions, read_indexed_events
 
 log = get_logger("split")
 TRAIN, VALID, TEST = S.TRAIN, S.VALID, S.TEST

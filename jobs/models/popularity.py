@@ -36,7 +36,7 @@ class PopularityRecommender(Recommender):
     def load(cls, spark, lake, record, cfg) -> PopularityRecommender:
         """Refit from the train split the run pinned: the ranking is a pure function of it."""
         from common import lake as L
-        from jobs.fit import train_split
+        from common.splits import train_split
 
         model = cls(record.config(cfg))
         splits = record.read(spark, lake, L.GOLD_SPLITS)

@@ -13,7 +13,7 @@ alternating order from repeat to repeat. Same ALS parameters on both sides (rank
 iterations, implicitPrefs, checkpoint interval 10).
 
 - **train, bare**: read the same train rows, ``ALS.fit``, write user and item factors as Parquet.
-- **train, reclake**: ``jobs.als.main`` minus its top-K step: read gold/splits, cold-start counts,
+- **train, reclake**: ``jobs.fit.main`` minus its top-K step: read gold/splits, cold-start counts,
   fit, write both factor Delta tables (replaceWhere on run_id), save the ``ALSModel``, run record.
 - **top-K, bare**: ``model.recommendForAllUsers(10)`` written as Parquet (seen items *not*
   excluded: it cannot).
@@ -27,7 +27,6 @@ The last line, ``BENCH_ALS_RESULT {json}``, holds every figure.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -42,7 +41,9 @@ from common import schema as S
 from common.config import Config, load_config
 from common.lake import Lake
 from common.spark import get_spark
-from jobs import als
+from common.splits import train_split
+from jobs import fit
+from jobs.models.als import make_als
 
 PROTOCOL = "stratified"  # the bench lake holds only this generated split
 TARGET_TRAIN, TARGET_TOPK = 1.15, 1.0
@@ -103,8 +104,8 @@ def write_split(spark, lake: Lake, pairs: pd.DataFrame) -> None:
 
 def bare_train(spark, lake: Lake, cfg: Config, out: Path):
     t = time.perf_counter()
-    train = als.train_split(lake.read(spark, L.GOLD_SPLITS), protocol=PROTOCOL)
-    model = als.make_als(cfg=cfg).fit(train)
+    train = train_split(lake.read(spark, L.GOLD_SPLITS), protocol=PROTOCOL)
+    model = make_als(cfg=cfg).fit(train)
     model.userFactors.write.mode("overwrite").parquet(str(out / "user_factors"))
     model.itemFactors.write.mode("overwrite").parquet(str(out / "item_factors"))
     return time.perf_counter() - t, model
@@ -117,11 +118,11 @@ def bare_topk(model, k: int, out: Path) -> float:
 
 
 def reclake_job(spark, cfg: Config, run_id: str) -> tuple[float, float, dict]:
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_id=run_id))
+    cfg = cfg.with_(**{"run.run_id": run_id})
     t = time.perf_counter()
-    record = als.main(spark, cfg)
+    record = fit.main(spark, cfg)
     wall = time.perf_counter() - t
-    topk = record["seconds"]["recommend"]
+    topk = record.seconds["recommend"]
     return wall - topk, topk, record
 
 
@@ -151,7 +152,7 @@ def main(argv=None) -> dict:
     print(f"train rows: {n:,}; rank {a.rank}, {a.iters} iterations, top-{a.k}")
 
     # warm-up: JIT, Python workers, Delta code paths
-    small = dataclasses.replace(cfg, als=dataclasses.replace(cfg.als, max_iter=1, rank=8))
+    small = cfg.with_(**{"als.max_iter": 1, "als.rank": 8})
     warm_out = work / "bare-warmup"
     _, m = bare_train(spark, lake, small, warm_out)
     bare_topk(m, a.k, warm_out)

@@ -1,0 +1,22 @@
+"""Reading one protocol's parts out of ``gold/splits`` (written by the split stage)."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from common import schema as S
+
+
+def train_split(splits: DataFrame, *, protocol: str) -> DataFrame:
+    """``gold/splits`` -> the protocol's train rows ``user_idx, item_idx, confidence`` with
+    confidence > 0 (implicit models read r > 0 as a positive; r <= 0 would be no signal)."""
+    S.require_columns(splits, S.PROTOCOL, S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
+                      where="gold/splits")
+    return splits.where(
+        (F.col(S.PROTOCOL) == protocol) & (F.col(S.SPLIT) == S.TRAIN) & (F.col(S.CONFIDENCE) > 0)
+    ).select(
+        F.col(S.USER_IDX).cast("int").alias(S.USER_IDX),
+        F.col(S.ITEM_IDX).cast("int").alias(S.ITEM_IDX),
+        F.col(S.CONFIDENCE).cast("double").alias(S.CONFIDENCE),
+    )
