@@ -48,28 +48,33 @@ log = get_logger("fit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", dest="run.model", default=None,
+    p.add_argument("--model", dest="run.model", default=None, metavar="NAME",
                    help=f"registered model: {' | '.join(models.names())} (default als)")
-    p.add_argument("--protocol", dest="split.protocol", default=None,
+    p.add_argument("--protocol", dest="split.protocol", default=None, metavar="P",
                    help=f"which gold/splits protocol to train on ({' | '.join(S.PROTOCOLS)})")
-    p.add_argument("--run-id", dest="run.run_id", default=None,
+    p.add_argument("--run-id", dest="run.run_id", default=None, metavar="ID",
                    help="run to write (re-running replaces its rows); generated when absent")
     p.add_argument("--k", dest="recommend.k", type=int, default=None,
                    help="recommendations per user (default 10)")
     p.add_argument("--include-seen", dest="recommend.exclude_seen", action="store_const",
                    const=False, default=None,
                    help="let a user's train items be recommended (default: excluded)")
-    als = p.add_argument_group("ALS (--model als)")
-    als.add_argument("--rank", dest="als.rank", type=int, default=None)
-    als.add_argument("--max-iter", dest="als.max_iter", type=int, default=None)
-    als.add_argument("--reg-param", dest="als.reg_param", type=float, default=None)
-    als.add_argument("--alpha", dest="als.alpha", type=float, default=None)
+    als = p.add_argument_group("ALS (--model als; every als.* key also via --set)")
+    als.add_argument("--rank", dest="als.rank", type=int, default=None, metavar="N",
+                     help="latent factors (default 64)")
+    als.add_argument("--max-iter", dest="als.max_iter", type=int, default=None, metavar="N",
+                     help="ALS iterations (default 10)")
+    als.add_argument("--reg-param", dest="als.reg_param", type=float, default=None, metavar="X",
+                     help="regularisation, scaled per user/item count (default 0.1)")
+    als.add_argument("--alpha", dest="als.alpha", type=float, default=None, metavar="X",
+                     help="confidence scale: c = 1 + alpha * confidence (default 1.0)")
     als.add_argument("--nonnegative", dest="als.nonnegative", action="store_const", const=True,
-                     default=None)
-    als.add_argument("--seed", dest="als.seed", type=int, default=None)
-    als.add_argument("--user-blocks", dest="als.num_user_blocks", type=int, default=None)
-    als.add_argument("--item-blocks", dest="als.num_item_blocks", type=int, default=None)
-
+                     default=None, help="non-negative factors (influence cannot explain them)")
+    als.add_argument("--seed", dest="als.seed", type=int, default=None, metavar="N")
+    als.add_argument("--user-blocks", dest="als.num_user_blocks", type=int, default=None,
+                     metavar="N")
+    als.add_argument("--item-blocks", dest="als.num_item_blocks", type=int, default=None,
+                     metavar="N")
 
 def preflight(cfg: Config) -> None:
     """Checks that need no Spark (run before the JVM starts)."""
