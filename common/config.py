@@ -149,8 +149,8 @@ class GenerateConfig:
     chunk_events: int = 1_000_000
     # planted structure (jobs/generate/world.py): users' tastes over clusters of categories
     taste_clusters: int = 8  # clusters of categories, each with its own Zipf ranking of its items
-    taste_concentration: float = 0.3  # Dirichlet concentration of a user's taste mixture
-    taste_share: float = 0.8  # share of views drawn from the user's tastes (rest: popularity)
+    taste_concentration: float = 0.15  # Dirichlet concentration of a user's taste mixture
+    taste_share: float = 0.85  # share of views drawn from the user's tastes (rest: popularity)
     taste_funnel: float = 2.0  # click / cart rate lift on the user's own clusters
 
 

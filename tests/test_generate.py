@@ -21,6 +21,7 @@ import pytest
 from common import schema as S
 from common.config import ConfigError, load_config
 from jobs import generate as G
+from jobs.generate import world as W
 
 ALL_FORMATS = "csv,jsonl,parquet,taobao,retailrocket"
 START = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -257,6 +258,47 @@ def test_users_have_category_taste(clean_events):
         **{S.USER_ID: np.random.default_rng(0).permutation(active[S.USER_ID].to_numpy())}
     )
     assert top_share(active) > 1.3 * top_share(shuffled)
+
+
+def test_manifest_records_the_planted_structure(dirty_run):
+    _, manifests = dirty_run
+    planted = manifests["csv"]["planted"]
+    g = make_cfg(Path("unused")).generate
+    assert {k: planted[k] for k in ("zipf_a", "taste_concentration", "taste_share", "taste_funnel")} \
+        == {"zipf_a": g.zipf_a, "taste_concentration": g.taste_concentration,
+            "taste_share": g.taste_share, "taste_funnel": g.taste_funnel}
+    assert planted["taste_clusters"] == g.taste_clusters == len(planted["items_per_cluster"])
+    assert sum(planted["items_per_cluster"]) == 400 and sum(planted["categories_per_cluster"]) == 12
+    assert 0 < planted["mean_top_cluster_share"] <= planted["mean_top2_cluster_share"] <= 1
+    assert all(m["planted"] == planted for m in manifests.values())
+
+
+def test_planted_tastes_predict_views_better_than_popularity(clean_cfg, clean_events):
+    """Each user's favourite items under the planted tastes (the top items of their strongest
+    cluster) hit their views far more often than the globally most viewed items do."""
+    world = W.world_of(clean_cfg.generate)
+    views = clean_events[clean_events[S.BEHAVIOR] == S.VIEW]
+    user = views[S.USER_ID].astype(int).to_numpy() - 1
+    item = views[S.ITEM_ID].astype(int).to_numpy() - 1
+    top_pop = set(np.argsort(-np.bincount(item, minlength=400))[:10])
+    best = {c: set(world.cluster_favourites(c, 10)) for c in range(world.clusters)}
+    favourite = world.user_taste.argmax(axis=1)
+    by_taste = np.mean([i in best[favourite[u]] for u, i in zip(user, item, strict=True)])
+    by_pop = np.mean([i in top_pop for i in item])
+    assert by_taste > 1.25 * by_pop  # 12 categories, 400 items: 1.39 here
+    # the clusters rank their items apart from global popularity
+    assert len(set().union(*best.values()) & top_pop) < 10
+
+
+def test_funnel_follows_tastes(clean_cfg, clean_events):
+    world = W.world_of(clean_cfg.generate)
+    ev = clean_events
+    aff = world.affinity(ev[S.USER_ID].astype(int).to_numpy() - 1,
+                         ev[S.ITEM_ID].astype(int).to_numpy() - 1)
+    high = aff > 0.5
+    rate = {name: (ev[S.BEHAVIOR][mask] == S.CART).sum() / (ev[S.BEHAVIOR][mask] == S.VIEW).sum()
+            for name, mask in (("high", high), ("low", ~high))}
+    assert rate["high"] > 1.5 * rate["low"]
 
 
 def test_user_activity_is_heavy_tailed(clean_events):

@@ -38,6 +38,7 @@ class World:
     cluster_items: np.ndarray  # item indices ordered by taste cluster
     cluster_cdf: np.ndarray  # per-cluster CDF of cluster_items, cluster c shifted into (c, c+1]
     item_cluster: np.ndarray  # taste cluster of each item
+    item_cluster_p: np.ndarray  # probability of each item in a draw from its own cluster
     item_category: np.ndarray  # category index of each item
     item_cents: np.ndarray  # price of each item in cents
     category_cluster: np.ndarray  # taste cluster of each category
@@ -45,6 +46,11 @@ class World:
     @property
     def clusters(self) -> int:
         return self.user_taste.shape[1]
+
+    def cluster_favourites(self, cluster: int, n: int) -> np.ndarray:
+        """The ``n`` items a draw from ``cluster`` most likely gives, best first."""
+        members = np.flatnonzero(self.item_cluster == cluster)
+        return members[np.argsort(-self.item_cluster_p[members], kind="stable")[:n]]
 
     def affinity(self, user: np.ndarray, item: np.ndarray) -> np.ndarray:
         """theta_u of the item's cluster: how much of the user's taste the item's cluster holds."""
@@ -107,6 +113,8 @@ def _world(
     within = (csum - before[c_sorted]) / total
     within[c_end[c_sizes > 0] - 1] = 1.0
     cluster_cdf = c_sorted + within
+    item_cluster_p = np.empty(items)
+    item_cluster_p[cluster_items] = (1.0 / rank**zipf_a) / total
 
     # tastes only over clusters that hold items, so every draw finds one
     non_empty = c_sizes > 0
@@ -127,6 +135,7 @@ def _world(
         cluster_items=cluster_items,
         cluster_cdf=cluster_cdf,
         item_cluster=item_cluster,
+        item_cluster_p=item_cluster_p,
         item_category=item_category,
         item_cents=np.maximum(np.rint(price * 100), 1).astype(np.int64),
         category_cluster=category_cluster,
