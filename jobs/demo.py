@@ -6,23 +6,37 @@ popularity -> evaluate -> influence.
 
 Prints every lake table with its row count and location, and how to read a table from pandas /
 DuckDB through ``deltalake`` (no Spark needed).
+
+The demo trains ALS with ``DEMO_ALS``, settings chosen on a validation part of the demo data's
+train split by ``tests/benchmarks/tune_demo_als.py`` (the test split is never looked at); a key
+you set yourself (``--set als.rank=64``) wins over the demo's choice. ``tests/test_demo.py``
+asserts that ALS beats the popularity baseline by a clear margin on the default demo data.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 from pyspark.sql import SparkSession
 
 from common import lake as L
-from common.config import Config
+from common.config import AlsConfig, Config, GenerateConfig
 from common.lake import Lake
 from common.log import get_logger
 from jobs import als, evaluate, generate, influence, ingest, split, transform
 
 log = get_logger("demo")
+
+DEMO_DATASET = "demo-generated"
+DEMO_DIRTY_RATE = 0.01  # quarantine has something to show
+# chosen by tests/benchmarks/tune_demo_als.py on validation NDCG@10 (default generate settings)
+DEMO_ALS: dict[str, object] = {
+    "als.rank": 8,
+    "als.reg_param": 0.1,
+    "als.alpha": 1.0,
+    "als.max_iter": 10,
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,8 +44,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="events to generate (default 100000)")
     p.add_argument("--dirty-rate", dest="generate.dirty_rate", type=float, default=None,
                    help="share of bad rows and of exact duplicates to inject; the demo uses "
-                        "0.01 when this is 0 or unset, so quarantine has something to show")
+                        f"{DEMO_DIRTY_RATE} when this is 0 or unset, so quarantine has something "
+                        "to show")
     p.add_argument("--out", dest="generate.out", default=None, help="where generated files go")
+
+
+def demo_config(cfg: Config) -> Config:
+    """``cfg`` with the demo's choices where it keeps the defaults: dirty rate ``DEMO_DIRTY_RATE``,
+    the ``DEMO_ALS`` settings, csv files ingested as the generic source, dataset label."""
+    values: dict[str, object] = {
+        "generate.formats": ["csv"],
+        "ingest.source_format": "generic",
+        "ingest.path": f"{cfg.generate.out}/csv",
+        "run.dataset": cfg.run.dataset or DEMO_DATASET,
+    }
+    if cfg.generate.dirty_rate == GenerateConfig.dirty_rate:
+        values["generate.dirty_rate"] = DEMO_DIRTY_RATE
+    for key, value in DEMO_ALS.items():
+        if getattr(cfg.als, key.split(".", 1)[1]) == getattr(AlsConfig, key.split(".", 1)[1]):
+            values[key] = value
+    return cfg.with_(**values)
+
+
+def build_lake(spark: SparkSession, cfg: Config) -> None:
+    """Generate the log, ingest it (bronze, quarantine, silver, indices, audit), build gold."""
+    print(f"== 1/7 generate {cfg.generate.events:,} events -> {cfg.generate.out}")
+    generate.main(None, cfg)
+    print("== 2/7 ingest (bronze, quarantine, silver, indices, audit)")
+    ingest.main(spark, cfg)
+    print("== 3/7 transform (gold)")
+    transform.main(spark, cfg)
+
+
+def fit_models(spark: SparkSession, cfg: Config, *, stamp: str,
+               models: tuple[str, ...] = ("als", "popularity")) -> list[Config]:
+    """Train each model on the stratified split as run ``demo-<model>-<stamp>``; returns each
+    run's config."""
+    runs = []
+    for model in models:
+        run_cfg = cfg.with_(**{"split.protocol": "stratified", "run.model": model,
+                               "run.run_id": f"demo-{model}-{stamp}"})
+        als.main(spark, run_cfg)
+        runs.append(run_cfg)
+    return runs
+
+
+def evaluate_runs(spark: SparkSession, cfg: Config, runs: list[Config]) -> list[dict]:
+    """``metrics/evaluation`` rows of each run (test split, every test pair relevant), written."""
+    lake = Lake(cfg.lake)
+    metric_rows = []
+    for run_cfg in runs:
+        rows = evaluate.evaluate_run(
+            spark, lake, run_id=run_cfg.run.run_id, ks=cfg.evaluate.k, target="all",
+            dataset=run_cfg.run.dataset)
+        evaluate.write_evaluation(spark, lake, rows, run_id=run_cfg.run.run_id, target="all")
+        metric_rows += rows
+    return metric_rows
 
 
 def table_summary(spark: SparkSession, lake: Lake) -> list[tuple[str, int, str]]:
@@ -45,45 +113,19 @@ def table_summary(spark: SparkSession, lake: Lake) -> list[tuple[str, int, str]]
 
 def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     t0 = time.perf_counter()
-    if cfg.generate.dirty_rate == 0.0:  # the demo shows quarantine at work unless told otherwise
-        cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, dirty_rate=0.01))
-    gen_cfg = dataclasses.replace(cfg, generate=dataclasses.replace(cfg.generate, formats=("csv",)))
-    print(f"== 1/7 generate {cfg.generate.events:,} events -> {cfg.generate.out}")
-    generate.main(None, gen_cfg)
-    print("== 2/7 ingest (bronze, quarantine, silver, indices, audit)")
-    ingest_cfg = dataclasses.replace(
-        cfg, ingest=dataclasses.replace(cfg.ingest, source_format="generic",
-                                        path=f"{cfg.generate.out}/csv")
-    )
-    ingest.main(spark, ingest_cfg)
-    print("== 3/7 transform (gold)")
-    transform.main(spark, cfg)
+    cfg = demo_config(cfg)
+    build_lake(spark, cfg)
     print("== 4/7 split (stratified, temporal, leave_last_out)")
     for protocol in ("stratified", "temporal", "leave_last_out"):
-        split.main(spark, dataclasses.replace(
-            cfg, split=dataclasses.replace(cfg.split, protocol=protocol)))
-    print("== 5/7 models on the stratified split: ALS and the popularity baseline")
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    run_ids = []
-    for model in ("als", "popularity"):
-        run_cfg = dataclasses.replace(
-            cfg, split=dataclasses.replace(cfg.split, protocol="stratified"),
-            run=dataclasses.replace(cfg.run, model=model, run_id=f"demo-{model}-{stamp}",
-                                    dataset=cfg.run.dataset or "demo-generated"))
-        als.main(spark, run_cfg)
-        run_ids.append(run_cfg)
+        split.main(spark, cfg.with_(**{"split.protocol": protocol}))
+    a = cfg.als
+    print(f"== 5/7 models on the stratified split: ALS (rank {a.rank}, reg_param {a.reg_param}, "
+          f"alpha {a.alpha}, max_iter {a.max_iter}) and the popularity baseline")
+    runs = fit_models(spark, cfg, stamp=time.strftime("%Y%m%dT%H%M%S", time.gmtime()))
     print("== 6/7 evaluate against the test split")
-    metric_rows = []
-    for run_cfg in run_ids:
-        rows = evaluate.evaluate_run(
-            spark, Lake(cfg.lake), run_id=run_cfg.run.run_id, ks=cfg.evaluate.k,
-            target="all", dataset=run_cfg.run.dataset)
-        evaluate.write_evaluation(spark, Lake(cfg.lake), rows, run_id=run_cfg.run.run_id,
-                                  target="all")
-        metric_rows += rows
+    metric_rows = evaluate_runs(spark, cfg, runs)
     print("== 7/7 influence: which behaviours drive the ALS recommendations")
-    als_cfg = run_ids[0]
-    influence.main(spark, als_cfg)
+    influence.main(spark, runs[0])
 
     lake = Lake(cfg.lake)
     rows = table_summary(spark, lake)
