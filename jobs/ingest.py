@@ -16,7 +16,9 @@ reprocesses it (its rows are replaced, never duplicated).
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
+import os
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -28,9 +30,10 @@ from pyspark.sql.window import Window
 
 from common import lake as L
 from common import schema as S
-from common.config import Config
+from common.config import Config, ConfigError
+from common.errors import InputError
 from common.lake import Lake, quote
-from common.log import get_logger, timed
+from common.log import get_logger, summary, timed
 from jobs.sources import get_reader
 from jobs.sources.base import SourceSpec
 
@@ -42,12 +45,17 @@ _MAX_EPOCH_MS = 9.0e15
 _REPLACEMENT_CHAR = "\ufffd"
 BROADCAST_DUP_IDS = 500_000  # more repeated ids than this: deduplicate with a full shuffle
 
+# every table one batch writes, in the order it writes them
+TABLES = (L.BRONZE_EVENTS, L.QUARANTINE_EVENTS, L.SILVER_EVENTS, L.SILVER_USER_INDEX,
+          L.SILVER_ITEM_INDEX, L.AUDIT_BATCHES)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-format", dest="ingest.source_format", default=None,
                    help="movielens-100k | movielens-dat | movielens-csv | taobao | retailrocket | "
                         "rees46 | lastfm-hetrec | generic")
-    p.add_argument("--path", dest="ingest.path", default=None, help="file, directory or glob")
+    p.add_argument("--path", dest="ingest.path", default=None, required=True,
+                   help="file, directory or glob")
     p.add_argument("--batch-id", dest="ingest.batch_id", default=None,
                    help="default: hash of format + file names, sizes, mtimes")
     p.add_argument("--force", dest="ingest.force", action="store_const", const=True,
@@ -55,6 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", dest="ingest.encoding", default=None)
     p.add_argument("--timezone", dest="ingest.timezone", default=None,
                    help="zone of naive datetime strings (default UTC)")
+
+
+def preflight(cfg: Config) -> None:
+    """What can be checked before Spark starts: a known source format, and a local input path
+    that exists (URIs and globs are listed through Hadoop once Spark runs)."""
+    ic = cfg.ingest
+    get_reader(ic.source_format)
+    if not ic.path:
+        raise ConfigError("--path is required (or set ingest.path in the config)")
+    if "://" not in ic.path and not glob.has_magic(ic.path) and not os.path.exists(ic.path):
+        raise FileNotFoundError(f"no input files at {ic.path}")
 
 
 # --- pure transforms ------------------------------------------------------------------------------
@@ -272,10 +291,32 @@ def batch_fingerprint(source_format: str, files: list[tuple[str, int, int]]) -> 
 
 
 def batch_done(spark: SparkSession, lake: Lake, batch_id: str) -> bool:
+    return batch_audit(spark, lake, batch_id) is not None
+
+
+def batch_audit(spark: SparkSession, lake: Lake, batch_id: str) -> dict | None:
+    """The ``audit/batches`` silver row of a batch already ingested, as a dict; else None."""
     if not lake.exists(spark, L.AUDIT_BATCHES):
-        return False
+        return None
     audit = lake.read(spark, L.AUDIT_BATCHES)
-    return audit.where((F.col(S.BATCH_ID) == batch_id) & (F.col(S.STAGE) == "silver")).limit(1).count() > 0
+    row = audit.where((F.col(S.BATCH_ID) == batch_id) & (F.col(S.STAGE) == "silver")).first()
+    return None if row is None else row.asDict()
+
+
+def empty_batch_problem(audit: dict, batch_id: str) -> str | None:
+    """Why a batch gave silver nothing to build on (no rows, or every row quarantined); None when
+    it had clean rows, or only duplicates of rows already in silver."""
+    rows_in = audit.get("rows_in") or 0
+    quarantined = audit.get("rows_quarantined") or 0
+    if rows_in == 0:
+        return f"batch {batch_id}: the input has no rows"
+    if quarantined == rows_in:
+        reasons = {k: v for k, v in (audit.get("details") or {}).items()
+                   if k in S.REASON_CODES and v}
+        return (f"batch {batch_id}: every one of its {rows_in:,} rows was quarantined "
+                f"(reasons {reasons or 'unknown'}; see quarantine/events where "
+                f"batch_id = '{batch_id}')")
+    return None
 
 
 def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: str, id_col: str,
@@ -291,20 +332,28 @@ def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: st
 
 
 def main(spark: SparkSession, cfg: Config) -> dict | None:
+    """Ingest one batch; returns its ``audit/batches`` silver row as a dict (None when the batch
+    was already ingested). A batch without rows, or with every row quarantined, is a warning, or
+    with ``ingest.fail_on_empty`` an ``InputError`` (also on re-runs of that batch)."""
+    preflight(cfg)
     ic = cfg.ingest
-    if not ic.path:
-        raise SystemExit("ingest: --path is required")
     lake = Lake(cfg.lake)
     reader = get_reader(ic.source_format)
     files = list_input_files(spark, ic.path)
     if not files:
-        raise SystemExit(f"ingest: no input files at {ic.path}")
+        raise FileNotFoundError(f"no input files at {ic.path}")
     batch_id = ic.batch_id or batch_fingerprint(ic.source_format, files)
     log.info("batch %s: %d file(s), %s bytes, format %s", batch_id, len(files),
              f"{sum(f[1] for f in files):,}", ic.source_format)
-    if not ic.force and batch_done(spark, lake, batch_id):
+    done = None if ic.force else batch_audit(spark, lake, batch_id)
+    if done is not None:
+        problem = empty_batch_problem(done, batch_id)
+        if problem and ic.fail_on_empty:
+            raise InputError(f"{problem} (already ingested; --force reprocesses it)")
         log.info("batch %s is already ingested (audit/batches); nothing to do. Use --force to "
                  "reprocess it.", batch_id)
+        summary("ingest", tables=(), lake=lake.root,
+                note=f"batch {batch_id} already ingested, nothing written")
         return None
     t_start = time.perf_counter()
     ingest_ts = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -319,9 +368,19 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
     # silver are all written from that cache.
     std = standardize_events(lineage, spec=spec, cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _write_batch(spark, lake, cfg, std, spec, batch_id, t_start)
+        audit = _write_batch(spark, lake, cfg, std, spec, batch_id, t_start)
     finally:
         std.unpersist()
+    problem = empty_batch_problem(audit, batch_id)
+    if problem and ic.fail_on_empty:
+        raise InputError(f"{problem} (ingest.fail_on_empty)")
+    if problem:
+        log.warning("%s; silver/events got nothing new. Set ingest.fail_on_empty=true to make "
+                    "this an error.", problem)
+    summary("ingest", tables=TABLES, lake=lake.root, seconds=audit["seconds"],
+            batch=batch_id, rows_in=audit["rows_in"], clean_new=audit["rows_clean_new"],
+            duplicate=audit["rows_duplicate"], quarantined=audit["rows_quarantined"])
+    return audit
 
 
 def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, spec: SourceSpec,

@@ -10,6 +10,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from common import lake as L
+from common.config import ConfigError, load_config
 from common.lake import Lake
 from jobs import cli
 
@@ -68,10 +69,140 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert len(pdf) == lake.read(spark, L.GOLD_INTERACTIONS).count() and "confidence" in pdf
 
 
-def test_missing_input_is_a_clear_error(spark, tmp_path: Path):
-    with pytest.raises(SystemExit, match="no input files"):
-        cli.main(["--lake", str(tmp_path / "lake"), "ingest", "--source-format", "taobao",
-                  "--path", str(tmp_path / "nope.csv")])
+def _no_spark(monkeypatch):
+    """Make starting Spark a test failure: these errors must come before it."""
+    import common.spark
+
+    def refuse(cfg):
+        raise AssertionError("Spark was started")
+
+    monkeypatch.setattr(common.spark, "get_spark", refuse)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--source-format", "nope", "--path", "x"], "unknown source format 'nope'"),
+    (["--source-format", "taobao"], "--path is required"),
+    (["--source-format", "taobao", "--path", "{missing}"], "no input files at"),
+])
+def test_ingest_bad_input_fails_before_spark(monkeypatch, tmp_path: Path, capsys, args, message):
+    _no_spark(monkeypatch)
+    args = [a.format(missing=tmp_path / "nope.csv") for a in args]
+    assert cli.main(["--lake", str(tmp_path / "lake"), "ingest", *args]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("reclake ingest: ") and message in err
+    assert cli.run_stage("ingest", ["--lake", str(tmp_path / "lake"), *args]) == 2
+
+
+def test_global_flags_work_before_and_after_the_stage(tmp_path: Path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("split:\n  seed: 5\n")
+    for argv in (
+        ["--lake", "/L", "--config", str(cfg_file), "--master", "local[1]", "--verbose",
+         "--set", "split.ratio=0.5", "split", "--protocol", "temporal"],
+        ["split", "--lake", "/L", "--config", str(cfg_file), "--master", "local[1]",
+         "--verbose", "--set", "split.ratio=0.5", "--protocol", "temporal"],
+        ["--lake", "/elsewhere", "--set", "split.ratio=0.9", "split", "--lake", "/L",
+         "--protocol", "temporal", "--set", "split.ratio=0.5", "--config", str(cfg_file),
+         "--master", "local[1]", "--verbose"],
+    ):
+        _, ns = cli.parse(argv)
+        cfg = cli.config_from_namespace(ns)
+        assert (cfg.lake, cfg.spark.master, cfg.spark.verbose, cfg.split.seed, cfg.split.ratio,
+                cfg.split.protocol) == ("/L", "local[1]", True, 5, 0.5, "temporal"), argv
+    _, ns = cli.parse(["split"])
+    cfg = cli.config_from_namespace(ns)
+    assert (cfg.lake, cfg.spark.verbose) == ("./lake", False)
+
+
+def test_help_lines_are_whole_sentences_and_metavars_read_well():
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    flat = " ".join(out.split())
+    assert "-> evaluate -> influence." in flat  # the demo's line no longer stops mid-sentence
+    assert "--config FILE" in out and "_CONFIG" not in out
+    for stage in cli.STAGES:
+        line = cli.first_sentence(__import__(cli.STAGES[stage], fromlist=["x"]).__doc__)
+        assert line.endswith((".", ")")), (stage, line)
+    assert cli.first_sentence("Run a and\nb. Then c.\n\nMore.") == "Run a and b."
+    sub = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--lake PATH" in sub and "--source-format SOURCE_FORMAT" in sub and "INGEST." not in sub
+
+
+def test_required_config_flag_is_shown_required_and_satisfied_by_config():
+    p = cli.StageParser(prog="x")
+    p.add_argument("--run-id", dest="run.run_id", default=None, required=True)
+    p.add_argument("--k", dest="evaluate.k", default=None)
+    usage = p.format_usage()
+    assert "--run-id RUN_ID" in usage and "[--run-id" not in usage and "[--k K]" in usage
+    cli._add_global_options(p)
+    p.set_defaults(_required=cli._required(p))
+    with pytest.raises(ConfigError, match=r"--run-id is required \(or set run.run_id"):
+        cli.config_from_namespace(p.parse_args([]))
+    assert cli.config_from_namespace(p.parse_args(["--run-id", "r1"])).run.run_id == "r1"
+    assert cli.config_from_namespace(
+        p.parse_args(["--set", "run.run_id=r2"])).run.run_id == "r2"
+    # ingest declares --path this way: required in its usage
+    usage = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--help"],
+                           capture_output=True, text=True, check=True).stdout.split("\n\n")[0]
+    assert "--path PATH" in usage and "[--path" not in usage
+
+
+def test_a_stage_exiting_with_a_message_is_one_error_line(capsys):
+    import types
+
+    def main(spark, cfg):
+        raise SystemExit("fake: the thing is missing")
+
+    stage = types.ModuleType("jobs.fake")
+    stage.NEEDS_SPARK, stage.main = False, main
+    assert cli.execute(stage, load_config()) == 2
+    assert capsys.readouterr().err.strip() == "reclake fake: error: the thing is missing"
+
+
+def test_stage_leaves_no_checkpoint_folder_and_prints_where_its_tables_are(
+        spark, tmp_path: Path, capsys):
+    lake_dir = tmp_path / "lake"
+    data = tmp_path / "d.csv"
+    data.write_text("user_id,item_id,behavior,value,ts,session_id,category_id\n"
+                    "u,i,view,,2024-01-01T00:00:00Z,s,c\n")
+    assert cli.main(["ingest", "--lake", str(lake_dir), "--source-format", "generic",
+                     "--path", str(data)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("reclake ingest: done") and str(lake_dir) in out[-1]
+    for table in ("bronze/events", "silver/events", "audit/batches"):
+        assert table in out[-1]
+    assert (lake_dir / "silver/events").is_dir()
+    assert not (lake_dir / "_checkpoints").exists()
+    # a stage that checkpoints: the folder exists while it runs, and is gone after
+    from common.spark import stage_checkpoints
+
+    cfg = load_config(values={"lake": str(lake_dir)})
+    with stage_checkpoints(spark, cfg, "fit") as folder:
+        df = spark.range(10)
+        assert df.checkpoint().count() == 10
+        assert Path(folder).is_dir() and any(Path(folder).rglob("*"))
+    assert not Path(folder).exists() and not (lake_dir / "_checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_cli_run_is_quiet_unless_verbose(tmp_path: Path):
+    """A fresh process: no Ivy resolution, no log4j start-up, no WindowExec warnings; ends with
+    the summary line. Spark starts once here, so this is the one subprocess run of a stage."""
+    data = tmp_path / "d.csv"
+    data.write_text("user_id,item_id,behavior,value,ts,session_id,category_id\n"
+                    + "".join(f"u{k},i{k % 3},view,,2024-01-01T00:00:0{k}Z,s,c\n"
+                              for k in range(5)))
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", "--lake",
+                        str(tmp_path / "lake"), "--source-format", "generic", "--path",
+                        str(data)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    both = r.stdout + r.stderr
+    for noise in (":: resolving dependencies", "Ivy", "log4j", "WindowExec", "WARN Utils",
+                  "incubator"):
+        assert noise not in both, noise
+    assert r.stdout.strip().splitlines()[-1].startswith("reclake ingest: done")
+    assert not (tmp_path / "lake" / "_checkpoints").exists()
 
 
 def test_reading_a_table_before_it_exists_names_the_stage(spark, tmp_path: Path, capsys):

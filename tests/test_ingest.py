@@ -12,6 +12,8 @@ from pyspark.sql import functions as F
 
 from common import lake as L
 from common import schema as S
+from common.config import ConfigError
+from common.errors import InputError
 from common.lake import Lake
 from jobs import generate, ingest
 from jobs.sources import retailrocket, taobao
@@ -88,10 +90,8 @@ def test_next_index_and_assignment(spark):
 
 
 def _ingest(spark, cfg, path, fmt="generic", **more):
-    import dataclasses
-
-    c = dataclasses.replace(cfg, ingest=dataclasses.replace(
-        cfg.ingest, source_format=fmt, path=str(path), **more))
+    c = cfg.with_(**{"ingest.source_format": fmt, "ingest.path": str(path),
+                     **{f"ingest.{k}": v for k, v in more.items()}})
     return ingest.main(spark, c)
 
 
@@ -202,3 +202,53 @@ def test_conservation_in_every_generated_format(spark, make_cfg, tmp_path: Path,
     for word, n in manifest["source_behaviors"].items():
         expected[mapping.get(word, word)] += n
     assert got == {b: n for b, n in expected.items() if n}
+
+
+def test_preflight_needs_no_spark(make_cfg, tmp_path: Path):
+    with pytest.raises(ConfigError, match="unknown source format 'nope'"):
+        ingest.preflight(make_cfg(**{"ingest.source_format": "nope", "ingest.path": "x"}))
+    with pytest.raises(ConfigError, match="--path is required"):
+        ingest.preflight(make_cfg())
+    with pytest.raises(FileNotFoundError, match="no input files"):
+        ingest.preflight(make_cfg(**{"ingest.path": str(tmp_path / "nope.csv")}))
+    # globs and URIs are left to Hadoop's listing
+    ingest.preflight(make_cfg(**{"ingest.path": str(tmp_path / "*.csv")}))
+    ingest.preflight(make_cfg(**{"ingest.path": "s3a://bucket/raw/"}))
+
+
+def test_empty_input_warns_and_fail_on_empty_makes_it_an_error(spark, make_cfg, tmp_path: Path,
+                                                               caplog, capsys):
+    cfg = make_cfg()
+    p = tmp_path / "empty.csv"
+    p.write_text(HEADER)
+    with caplog.at_level("WARNING", logger="reclake"):
+        audit = _ingest(spark, cfg, p)
+    assert (audit["rows_in"], audit["rows_clean_new"]) == (0, 0)
+    assert "the input has no rows" in caplog.text and "fail_on_empty" in caplog.text
+    assert capsys.readouterr().out.strip().startswith("reclake ingest: done")
+    with pytest.raises(InputError, match="the input has no rows"):
+        _ingest(spark, cfg, p, batch_id="empty-2", fail_on_empty=True)
+    # the batch is recorded, so a re-run finds it done: under fail_on_empty still an error
+    with pytest.raises(InputError, match="already ingested"):
+        _ingest(spark, cfg, p, batch_id="empty-2", fail_on_empty=True)
+    assert _ingest(spark, cfg, p, batch_id="empty-2") is None
+
+
+def test_all_rows_quarantined_warns_or_fails(spark, make_cfg, tmp_path: Path, caplog):
+    cfg = make_cfg()
+    p = tmp_path / "bad.csv"
+    p.write_text(HEADER + "u1,i1,teleport,,2024-01-01T00:00:00Z,s,c\n"
+                 "u2,i2,view,,not a time,s,c\n")
+    with caplog.at_level("WARNING", logger="reclake"):
+        audit = _ingest(spark, cfg, p)
+    assert (audit["rows_in"], audit["rows_quarantined"], audit["rows_clean_new"]) == (2, 2, 0)
+    assert "every one of its 2 rows was quarantined" in caplog.text
+    assert S.UNKNOWN_BEHAVIOR in caplog.text and S.BAD_TS in caplog.text
+    with pytest.raises(InputError, match="every one of its 2 rows was quarantined"):
+        _ingest(spark, cfg, p, batch_id="bad-2", fail_on_empty=True)
+    # a batch of duplicates only is not empty: its rows are in silver already
+    good = tmp_path / "good.csv"
+    _write_day(good, 1, ["a"], ["x"])
+    _ingest(spark, cfg, good, fail_on_empty=True)
+    again = _ingest(spark, cfg, good, batch_id="good-again", fail_on_empty=True)
+    assert (again["rows_duplicate"], again["rows_clean_new"]) == (1, 0)
