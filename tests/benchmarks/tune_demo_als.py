@@ -49,7 +49,7 @@ def _ints(text: str) -> list[int]:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=None, help="folder for the lake and data (default: a temp dir)")
-    p.add_argument("--rank", type=_ints, default=[8, 16, 32])
+    p.add_argument("--rank", type=_ints, default=[4, 8, 16])
     p.add_argument("--reg-param", type=_floats, default=[0.01, 0.1, 1.0])
     p.add_argument("--alpha", type=_floats, default=[0.5, 2.0, 8.0])
     p.add_argument("--max-iter", type=_ints, default=[5, 15])
