@@ -28,37 +28,27 @@ z_j = M⁻¹ y_j, d_j = y_jᵀ z_j, w = M⁻¹ b:
     x'_j = w − c_j z_j + γ_j z_j,   γ_j = α r_j (y_jᵀ w − c_j d_j) / (1 − α r_j d_j)
     score'_ij = y_iᵀ w + (γ_j − c_j) y_iᵀ z_j
 
-One eigendecomposition per user, every (recommendation, past item) pair in a few matrix products
-(:func:`explain_user`, the per-user reference). The job runs :func:`explain_group`: the same
-numbers for many users at once, with one LU solve of A and one inverse of M per user, batched,
-and the history walked in chunks; :func:`leaves_top_k` answers the leaves-top-K questions.
+One eigendecomposition per user gives every (recommendation, past item) pair in a few matrix
+products (the per-user reference, ``tests/reference/influence.py``). What the job runs:
+
+  - :func:`explain_users_batch`: the same numbers for a :class:`UserStack` (users with the same
+    history length, stacked), one LU solve of A and one inverse of M per user, batched, the
+    history walked in chunks, and the leaves-top-K answers (:func:`leaves_top_k`, exact) of every
+    counterfactual vector; settings in :class:`ExplainSettings`, item factors in
+    :class:`ItemFactors`, the result a :class:`BatchExplanation`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-
-@dataclass
-class UserExplanation:
-    """Arrays for one user with R recommendations and n past items (float64)."""
-
-    x: np.ndarray  # (k,) recomputed user factors
-    scores: np.ndarray  # (R,) recomputed scores of the recommended items
-    contributions: np.ndarray  # (R, n) s_ij * c_j; rows sum to scores
-    similarity: np.ndarray  # (R, n) s_ij
-    confidence: np.ndarray  # (n,) c_j = 1 + alpha r_j
-    loo_scores: np.ndarray  # (R, n) score of rec i with past item j removed
-    # the counterfactual vectors themselves: x'_j = loo_w + loo_coef[j] * loo_z[:, j]
-    loo_w: np.ndarray | None = None  # (k,)
-    loo_z: np.ndarray | None = None  # (k, n)
-    loo_coef: np.ndarray | None = None  # (n,)
-
-    def loo_vectors(self, js: np.ndarray) -> np.ndarray:
-        """(len(js), k) user vectors with past item j removed (Sherman–Morrison, exact)."""
-        return self.loo_w[None, :] + (self.loo_coef[js][:, None] * self.loo_z[:, js].T)
+if TYPE_CHECKING:
+    from common.config import Config
 
 
 def gram(item_factors: np.ndarray) -> np.ndarray:
@@ -67,202 +57,162 @@ def gram(item_factors: np.ndarray) -> np.ndarray:
     return y.T @ y
 
 
-def explain_user(
-    yty: np.ndarray,
-    hist_factors: np.ndarray,
-    ratings: np.ndarray,
-    rec_factors: np.ndarray,
-    *,
-    alpha: float,
-    reg: float,
-    loo: bool = True,
-) -> UserExplanation:
-    """Contributions and leave-one-out scores of one user's recommendations.
-
-    Args:
-        yty: (k, k) :func:`gram` of all item factors.
-        hist_factors: (n, k) factors of the user's train items (n >= 1).
-        ratings: (n,) their ratings r_j (reclake's confidence), > 0.
-        rec_factors: (R, k) factors of the recommended items.
-        alpha, reg: the run's ``als.alpha`` and ``als.reg_param``.
-    """
-    yh = np.asarray(hist_factors, dtype=np.float64)
-    yr = np.asarray(rec_factors, dtype=np.float64)
-    r = np.asarray(ratings, dtype=np.float64)
-    n, k = yh.shape
-    ar = alpha * r
-    c = 1.0 + ar
-    a = yty + (yh.T * ar) @ yh
-    a[np.diag_indices(k)] += reg * n
-    lam, q = np.linalg.eigh(a)
-    b = yh.T @ c
-    qyh = q.T @ yh.T  # (k, n)
-    qyr = q.T @ yr.T  # (k, R)
-    qb = q.T @ b
-    x = q @ (qb / lam)
-    sim = (qyr / lam[:, None]).T @ qyh  # y_i^T A^-1 y_j
-    contrib = sim * c[None, :]
-    scores = yr @ x
-    if loo:
-        mu = lam - reg  # eigenvalues of M = A - reg I
-        mu = np.where(mu > 0, mu, np.finfo(np.float64).tiny)
-        z_q = qyh / mu[:, None]  # Q^T M^-1 y_j
-        d = (qyh * z_q).sum(axis=0)
-        w_q = qb / mu
-        yw = qyh.T @ w_q
-        gamma = ar * (yw - c * d) / (1.0 - ar * d)
-        loo_scores = (qyr.T @ w_q)[:, None] + (gamma - c)[None, :] * (qyr.T @ z_q)
-        return UserExplanation(x=x, scores=scores, contributions=contrib, similarity=sim,
-                               confidence=c, loo_scores=loo_scores, loo_w=q @ w_q,
-                               loo_z=q @ z_q, loo_coef=gamma - c)
-    return UserExplanation(x=x, scores=scores, contributions=contrib, similarity=sim,
-                           confidence=c, loo_scores=np.full_like(contrib, np.nan))
+# --- the kernel's inputs and result ------------------------------------------------------------
 
 
-def solve_user(yty: np.ndarray, hist_factors: np.ndarray, ratings: np.ndarray, *, alpha: float,
-               reg: float) -> np.ndarray:
-    """Reference: x_u by a direct solve (what Spark computes), for tests and LOO brute force."""
-    yh = np.asarray(hist_factors, dtype=np.float64)
-    r = np.asarray(ratings, dtype=np.float64)
-    n, k = yh.shape
-    if n == 0:
-        return np.zeros(k)
-    a = yty + (yh.T * (alpha * r)) @ yh + reg * n * np.eye(k)
-    return np.linalg.solve(a, yh.T @ (1.0 + alpha * r))
+@dataclass(frozen=True)
+class ExplainSettings:
+    """The run's settings the maths depends on, and the job's knobs.
+
+    ``alpha``, ``reg``: the run's ``als.alpha`` and ``als.reg_param``. ``k``: the run's
+    ``recommend.k`` (a recommendation leaves the top-K when k other candidates score above it).
+    ``exclude_seen``: the run's ``recommend.exclude_seen`` (false: the user's own train items are
+    candidates too). ``behaviors``: the behaviour types the confidence is split into (gold's
+    ``conf_<b>``). ``top_n``: past items kept per recommendation; ``pool``: items pre-scored per
+    user for the leaves check; ``chunk``: history columns walked at once; ``memory_doubles``:
+    about how many float64 one working array may hold."""
+
+    alpha: float
+    reg: float
+    k: int
+    behaviors: tuple[str, ...]
+    exclude_seen: bool = True
+    top_n: int = 5
+    pool: int = 200
+    chunk: int = 4096
+    memory_doubles: int = 4_000_000
+
+    @classmethod
+    def from_config(cls, run_cfg: Config, behaviors) -> ExplainSettings:
+        """From the run's config (``RunRecord.config(cfg)``: its own als / recommend params,
+        the current influence section)."""
+        return cls(alpha=float(run_cfg.als.alpha), reg=float(run_cfg.als.reg_param),
+                   k=int(run_cfg.recommend.k), behaviors=tuple(behaviors),
+                   exclude_seen=bool(run_cfg.recommend.exclude_seen),
+                   top_n=int(run_cfg.influence.top_n), pool=int(run_cfg.influence.pool))
 
 
-def remove_parts_scores(
-    yty: np.ndarray,
-    hist_factors: np.ndarray,
-    ratings: np.ndarray,
-    parts: np.ndarray,
-    *,
-    alpha: float,
-    reg: float,
-) -> np.ndarray:
-    """User factors with one behaviour type removed, per type: (B, k).
+@dataclass(frozen=True, eq=False)
+class ItemFactors:
+    """The run's item factors: ``ids`` (m,) item_idx and ``factors`` (m, k) float64, and their
+    Gram ``yty`` (k, k). On the joined path (catalogues too large to broadcast) only ``yty`` is
+    known (``ids`` and ``factors`` None): the users' rows carry their items' factors and there
+    is no leaves-top-K check (it needs every item's score)."""
 
-    ``parts`` (n, B): each past item's confidence parts (gold's ``conf_<b>``; they sum to the
-    rating). Removing type b leaves r_j − parts_jb; an item left with nothing (≤ 1e-12 of its
-    rating) leaves the history entirely, so n_u (and λ n_u) shrinks with it.
-    """
-    r = np.asarray(ratings, dtype=np.float64)
-    out = np.empty((parts.shape[1], yty.shape[0]))
-    for b in range(parts.shape[1]):
-        rb = r - parts[:, b]
-        keep = rb > 1e-12 * np.maximum(r, 1.0)
-        out[b] = solve_user(yty, hist_factors[keep], rb[keep], alpha=alpha, reg=reg)
-    return out
+    ids: np.ndarray | None
+    factors: np.ndarray | None
+    yty: np.ndarray
 
+    @classmethod
+    def from_rows(cls, ids, factors) -> ItemFactors:
+        ids = np.asarray(ids, dtype=np.int64)
+        factors = np.asarray(factors, dtype=np.float64)
+        return cls(ids=ids, factors=factors, yty=gram(factors))
 
-class TopKCheck:
-    """Does a recommendation drop out of the user's top-k when the user vector changes? Exact.
+    @classmethod
+    def gram_only(cls, yty) -> ItemFactors:
+        return cls(ids=None, factors=None, yty=np.asarray(yty, dtype=np.float64))
 
-    Built once per user from the original vector ``x``: the pool holds the ``pool`` best unseen
-    items under ``x`` plus the recommendations themselves. An unseen item outside the pool had a
-    score ≤ ``s_out`` and factor norm ≤ ``n_out``, so under ``x'`` its score is at most
-    s_out + n_out · ||x' − x||; only when that bound cannot decide is every unseen item rescored
-    (counted in ``full_scans``).
-    """
-
-    def __init__(self, x, item_factors, seen_idx, rec_idx, *, k: int, pool: int = 50):
-        self.x = np.asarray(x, dtype=np.float64)
-        self.k = k
-        unseen = np.ones(item_factors.shape[0], dtype=bool)
-        unseen[seen_idx] = False
-        self._unseen_idx = np.flatnonzero(unseen)
-        self._y = item_factors
-        scores = item_factors[self._unseen_idx] @ self.x
-        n_pool = min(len(self._unseen_idx), pool + k)
-        top = np.argpartition(-scores, n_pool - 1)[:n_pool] if n_pool else np.zeros(0, int)
-        pool_idx = np.union1d(self._unseen_idx[top], rec_idx)
-        self.pool_factors = np.asarray(item_factors[pool_idx], dtype=np.float64)
-        self.rec_pos = np.searchsorted(pool_idx, rec_idx)
-        self._rec_unseen = np.searchsorted(self._unseen_idx, rec_idx)
-        outside = np.ones(len(self._unseen_idx), dtype=bool)
-        outside[np.searchsorted(self._unseen_idx, pool_idx[np.isin(pool_idx, self._unseen_idx)])] = False
-        self.n_outside = int(outside.sum())
-        if self.n_outside:
-            self.s_out = float(scores[outside].max())
-            self.n_out = float(np.linalg.norm(item_factors[self._unseen_idx[outside]], axis=1).max())
-        else:
-            self.s_out, self.n_out = -np.inf, 0.0
-        self.full_scans = 0
-
-    def leaves(self, new_x: np.ndarray) -> np.ndarray:
-        """(m, k_f) counterfactual vectors -> (m, R): True where the rec leaves the top-k."""
-        new_x = np.atleast_2d(new_x)
-        new_pool = new_x @ self.pool_factors.T
-        out = np.zeros((new_x.shape[0], len(self.rec_pos)), dtype=bool)
-        for c in range(new_x.shape[0]):
-            s = new_pool[c]
-            bound = self.s_out + self.n_out * float(np.linalg.norm(new_x[c] - self.x))
-            full = None
-            for r, p in enumerate(self.rec_pos):
-                above = int((s > s[p]).sum())
-                if above >= self.k:
-                    out[c, r] = True
-                elif self.n_outside and bound > s[p]:
-                    if full is None:
-                        full = self._y[self._unseen_idx] @ new_x[c]
-                        self.full_scans += 1
-                    # compare within one product (the rec never beats itself by rounding)
-                    out[c, r] = int((full > full[self._rec_unseen[r]]).sum()) >= self.k
-        return out
+    @cached_property
+    def index(self) -> ItemIndex | None:
+        """Dense by id with the leaves check's norm order; built where it is first used (on the
+        worker, after the broadcast), None on the joined path."""
+        if self.factors is None:
+            return None
+        n_items = int(self.ids.max()) + 1 if len(self.ids) else 0
+        dense = np.zeros((n_items, self.factors.shape[1]), dtype=np.float64)
+        dense[self.ids] = self.factors
+        known = np.zeros(n_items, dtype=bool)
+        known[self.ids] = True
+        # the check scores only items the model has (unknown ids would look like zero vectors)
+        return ItemIndex(dense, np.flatnonzero(~known))
 
 
-def concentration(contrib_row: np.ndarray) -> tuple[float, float, float]:
-    """(top-1 share, top-3 share, effective number of sources) of one recommendation's positive
-    contributions; effective number = 1 / Σ p² with p the positive shares (1 = one behaviour
-    drives it all)."""
-    pos = np.sort(contrib_row[contrib_row > 0])[::-1]
-    total = pos.sum()
-    if total <= 0:
-        return float("nan"), float("nan"), float("nan")
-    p = pos / total
-    return float(p[0]), float(p[:3].sum()), float(1.0 / (p**2).sum())
+@dataclass(frozen=True)
+class UserStack:
+    """U users with the same history length n and the same number of recommendations R.
+
+    ``hist`` (U, n) item_idx of the train history, ``ratings`` (U, n) their r_j > 0 (gold's
+    ``confidence``), ``parts`` (U, n, B) its per-behaviour parts (``conf_<b>``, summing to r_j),
+    ``recs`` (U, R) recommended item_idx. On the joined path ``hist_factors`` (U, n, k) and
+    ``rec_factors`` (U, R, k) carry the items' factors."""
+
+    hist: np.ndarray
+    ratings: np.ndarray
+    parts: np.ndarray
+    recs: np.ndarray
+    hist_factors: np.ndarray | None = None
+    rec_factors: np.ndarray | None = None
 
 
-def explain_recommendations(
-    yty: np.ndarray,
-    hist_factors: np.ndarray,
-    ratings: np.ndarray,
-    parts: np.ndarray,
-    rec_factors: np.ndarray,
-    *,
-    alpha: float,
-    reg: float,
-    top_n: int,
-) -> dict:
-    """The influence numbers of one user (R recs, n past items, B behaviours): the per-user
-    reference of :func:`explain_group` (the leaves-top-K answers: :class:`TopKCheck`).
+@dataclass(frozen=True, eq=False)
+class BatchExplanation:
+    """:func:`explain_users_batch`'s numbers for a stack of U users, R recs, N = min(top_n, n)
+    kept sources, B behaviours, k factors (float64).
 
-    Returns arrays: ``scores`` (R,), ``top_src`` (R, N') positions into the history of the N'
-    = min(top_n, n) largest |contributions| per rec, ``contrib`` (R, n), ``parts`` (R, n, B)
-    per-behaviour parts of every contribution (base part = ``base`` (R, n)), ``loo_delta``
-    (R, n), ``type_delta`` (B, R) score change with each behaviour type removed, ``conc`` (R, 3)
-    concentration.
-    """
-    e = explain_user(yty, hist_factors, ratings, rec_factors, alpha=alpha, reg=reg)
-    contrib = e.contributions
-    base = e.similarity  # s_ij * 1
-    part = e.similarity[:, :, None] * (alpha * parts)[None, :, :]  # s_ij * alpha * conf_jb
-    n_keep = min(top_n, contrib.shape[1])
-    top_src = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :n_keep]
-    loo_delta = e.loo_scores - e.scores[:, None]
-    x_types = remove_parts_scores(yty, hist_factors, ratings, parts, alpha=alpha, reg=reg)
-    type_delta = x_types @ np.asarray(rec_factors, dtype=np.float64).T - e.scores[None, :]
-    conc = np.array([concentration(row) for row in contrib])
-    return {
-        "x": e.x, "scores": e.scores, "top_src": top_src, "contrib": contrib, "base": base,
-        "parts": part, "loo_delta": loo_delta, "type_delta": type_delta, "conc": conc,
-    }
+    The counterfactual vector of kept source (r, s) is ``loo_w + loo_coef * loo_z`` (zero for
+    n = 1); ``loo_leaves`` / ``type_leaves`` are None when there is no leaves check (joined
+    path)."""
+
+    x: np.ndarray  # (U, k) recomputed user vectors
+    scores: np.ndarray  # (U, R)
+    top_src: np.ndarray  # (U, R, N) history positions by descending |contribution|, ties: lower first
+    contrib: np.ndarray  # (U, R, N) s_ij c_j of the kept sources
+    base: np.ndarray  # (U, R, N) s_ij (the part every interaction earns by existing)
+    parts: np.ndarray  # (U, R, N, B) s_ij alpha conf_jb
+    loo_delta: np.ndarray  # (U, R, N) score change without the source
+    tot_contrib: np.ndarray  # (U, R) over the whole history (= scores)
+    tot_base: np.ndarray  # (U, R)
+    tot_parts: np.ndarray  # (U, R, B)
+    conc: np.ndarray  # (U, R, 3) top-1 share, top-3 share, effective number of sources
+    type_x: np.ndarray  # (U, B, k) user vectors with each behaviour type removed
+    type_delta: np.ndarray  # (U, B, R)
+    loo_w: np.ndarray  # (U, k)
+    loo_coef: np.ndarray  # (U, R, N)
+    loo_z: np.ndarray  # (U, R, N, k)
+    loo_leaves: np.ndarray | None = None  # (U, R, N) bool: rec leaves the top-K without the source
+    type_leaves: np.ndarray | None = None  # (U, B, R) bool: ... without the behaviour type
+
+    def loo_vectors(self) -> np.ndarray:
+        """(U, R, N, k) user vectors with each kept source removed (Sherman–Morrison, exact)."""
+        return self.loo_w[:, None, None, :] + self.loo_coef[..., None] * self.loo_z
 
 
 # --- batched kernel: many users at once --------------------------------------------------------
 
 
-def explain_group(
+def explain_users_batch(users: UserStack, items: ItemFactors,
+                        settings: ExplainSettings) -> BatchExplanation:
+    """The influence numbers of a stack of users: contributions, behaviour parts, leave-one-out
+    and type-removal deltas, concentration, and (when ``items`` has the factors) the exact
+    leaves-top-K answers of every kept source's and every type's counterfactual vector.
+
+    The per-user Python cost is gone, and the history is walked in ``settings.chunk`` columns, so
+    a very heavy user needs O(chunk·(k + R)) memory, not O(n·R·B). Per user it equals the
+    per-user reference (``tests/reference/influence.py``)."""
+    index = items.index
+    if users.hist_factors is not None:  # joined path: the rows carry their items' factors
+        hf = np.asarray(users.hist_factors, dtype=np.float64)
+
+        def gather(sl):
+            return hf[:, sl]
+        yr = users.rec_factors
+    else:
+        if index is None:
+            raise ValueError("explain_users_batch: no item factors and no per-user factors")
+        y, hist = index.y, users.hist
+
+        def gather(sl):
+            return y[hist[:, sl]]
+        yr = y[users.recs]
+    e = _attribute(items.yty, gather, users.ratings, users.parts, yr, alpha=settings.alpha,
+                   reg=settings.reg, top_n=settings.top_n, chunk=settings.chunk)
+    if index is None:
+        return e
+    return _with_leaves(e, users, index, settings)
+
+
+def _attribute(
     yty: np.ndarray,
     gather,
     ratings: np.ndarray,
@@ -273,25 +223,11 @@ def explain_group(
     reg: float,
     top_n: int,
     chunk: int = 4096,
-) -> dict:
-    """:func:`explain_recommendations` for U users with the same history length n and R recs,
-    in stacked NumPy: the per-user Python cost is gone, and the history is walked in column
-    chunks so a very heavy user needs O(chunk·(k + R)) memory, not O(n·R·B).
+) -> BatchExplanation:
+    """The arithmetic of :func:`explain_users_batch` (no leaves check).
 
-    Args:
-        yty: (k, k) Gram of all item factors.
-        gather: ``gather(sl) -> (U, m, k)`` float64 factors of history columns ``sl`` (a slice).
-        ratings: (U, n) r_j > 0; parts: (U, n, B) per-behaviour parts of r_j.
-        rec_factors: (U, R, k).
-
-    Returns a dict of arrays (N = min(top_n, n)): ``x`` (U, k), ``scores`` (U, R), ``top_src``
-    (U, R, N) history positions by descending |contribution| (ties: lower position first),
-    ``contrib``/``base``/``loo_delta`` (U, R, N), ``parts`` (U, R, N, B), totals over the whole
-    history ``tot_contrib``/``tot_base`` (U, R) and ``tot_parts`` (U, R, B), ``conc`` (U, R, 3),
-    ``type_x`` (U, B, k) user vectors with each type removed, ``type_delta`` (U, B, R),
-    ``loo_w`` (U, k), ``loo_coef`` (U, R, N) and ``loo_z`` (U, R, N, k): the counterfactual
-    vector of top source (r, s) is ``loo_w + loo_coef * loo_z`` (zero for n = 1).
-    """
+    ``gather(sl) -> (U, m, k)`` float64 factors of history columns ``sl`` (a slice); ``ratings``
+    (U, n) r_j > 0; ``parts`` (U, n, B); ``rec_factors`` (U, R, k)."""
     r = np.asarray(ratings, dtype=np.float64)
     parts = np.asarray(parts, dtype=np.float64)
     yr = np.asarray(rec_factors, dtype=np.float64)
@@ -384,13 +320,50 @@ def explain_group(
         conc = np.stack([pos_top[:, :, 0] / pos_sum, pos_top[:, :, :3].sum(axis=2) / pos_sum,
                          pos_sum**2 / pos_sq], axis=2)
     conc[pos_sum <= 0] = np.nan
-    return {
-        "x": x, "scores": scores, "top_src": top_src, "contrib": keep["contrib"],
-        "base": keep["base"], "parts": parts_top, "loo_delta": keep["loo"] - scores[:, :, None],
-        "tot_contrib": tot_c, "tot_base": tot_base, "tot_parts": tot_parts, "conc": conc,
-        "type_x": type_x, "type_delta": type_delta, "loo_w": w, "loo_coef": keep["coef"],
-        "loo_z": loo_z,
-    }
+    return BatchExplanation(
+        x=x, scores=scores, top_src=top_src, contrib=keep["contrib"], base=keep["base"],
+        parts=parts_top, loo_delta=keep["loo"] - scores[:, :, None], tot_contrib=tot_c,
+        tot_base=tot_base, tot_parts=tot_parts, conc=conc, type_x=type_x, type_delta=type_delta,
+        loo_w=w, loo_coef=keep["coef"], loo_z=loo_z)
+
+
+def _with_leaves(e: BatchExplanation, users: UserStack, index: ItemIndex,
+                 settings: ExplainSettings) -> BatchExplanation:
+    """``e`` with the leaves-top-K answers of its counterfactual vectors.
+
+    A leave-one-out vector depends on the source only: one candidate per distinct kept source,
+    answering for the recommendations it is a top source of; a type removal for all of them.
+    With ``exclude_seen`` false the user's own train items are candidates too."""
+    top = e.top_src  # (U, R, N)
+    u_n, n_r, n_keep = top.shape
+    kf = e.x.shape[1]
+    n_b = e.type_x.shape[1]
+    flat = top.reshape(u_n, n_r * n_keep)
+    order = np.argsort(flat, axis=1, kind="stable")
+    sf = np.take_along_axis(flat, order, axis=1)
+    first = np.ones_like(sf, dtype=bool)
+    first[:, 1:] = sf[:, 1:] != sf[:, :-1]
+    slot_sorted = np.cumsum(first, axis=1) - 1
+    n_slots = int(slot_sorted.max()) + 1
+    slot = np.empty_like(slot_sorted)
+    np.put_along_axis(slot, order, slot_sorted, axis=1)  # slot of each (rec, source) pair
+    uu = np.arange(u_n)[:, None]
+    rep = np.zeros((u_n, n_slots), dtype=np.int64)  # a flat (rec, source) pair per slot
+    rep[np.broadcast_to(uu, sf.shape)[first], slot_sorted[first]] = order[first]
+    coef = e.loo_coef.reshape(u_n, -1)[uu, rep]
+    z = e.loo_z.reshape(u_n, n_r * n_keep, kf)[uu, rep]
+    cand = e.loo_w[:, None, :] + coef[..., None] * z  # (U, slots, k)
+    rec_of_pair = np.repeat(np.arange(n_r), n_keep)[None, :]
+    need = np.zeros((u_n, n_slots + n_b, n_r), dtype=bool)
+    need[uu, slot, rec_of_pair] = True
+    need[:, n_slots:] = True
+    both = np.concatenate([cand, e.type_x], axis=1)
+    seen = (users.hist if settings.exclude_seen
+            else np.zeros((u_n, 0), dtype=np.int64))
+    lv, _ = leaves_top_k(e.x, both, users.recs, seen, index, k=settings.k, pool=settings.pool,
+                         need=need, memory_doubles=settings.memory_doubles)
+    return dataclasses.replace(e, loo_leaves=lv[uu, slot, rec_of_pair].reshape(u_n, n_r, n_keep),
+                               type_leaves=lv[:, n_slots:])
 
 
 def gather_rows(gather, pos: np.ndarray, chunk: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from common import schema as S
 from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger, timed
+from common.runs import RunRecord, check_run_exists, read_run
 
 log = get_logger("influence")
 
@@ -58,6 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="past items kept per recommendation (default 5, plus a residual row)")
     p.add_argument("--protocol", dest="split.protocol", default=None,
                    help="ablation: the split to retrain on (temporal recommended)")
+
+
+def preflight(cfg: Config) -> None:
+    """Before Spark starts: explain needs the id of a run that exists."""
+    if cfg.influence.action == "ablation":
+        return
+    if not cfg.run.run_id:
+        raise ConfigError("influence needs --run-id (an ALS run in models/runs)")
+    check_run_exists(Lake(cfg.lake), cfg.run.run_id)
 
 
 def rec_schema(behaviors: list[str]) -> T.StructType:
@@ -117,51 +128,26 @@ def user_inputs(history: DataFrame, recs: DataFrame, user_factors: DataFrame,
     return r.join(h, S.USER_IDX, "inner").join(uf, S.USER_IDX, "left")
 
 
-def explain_users(
-    users: DataFrame,
-    item_ids: np.ndarray | None,
-    item_factors: np.ndarray | None,
-    *,
-    behaviors: list[str],
-    alpha: float,
-    reg: float,
-    top_n: int,
-    pool: int,
-    k: int,
-    yty: np.ndarray | None = None,
-    chunk: int = 4096,
-    timer=None,
-) -> DataFrame:
-    """Run the batched kernel over :func:`user_inputs` rows. Out: :func:`rec_schema`.
+def explain_user_rows(users: DataFrame, items: I.ItemFactors, settings: I.ExplainSettings, *,
+                      timer=None) -> DataFrame:
+    """The kernel over :func:`user_inputs` rows, in ``mapInPandas``. Out: :func:`rec_schema`.
 
-    With ``item_ids`` / ``item_factors`` the factors are broadcast and every recommendation gets
-    the exact leaves-top-K checks. With ``None`` (the joined path, for catalogues above
-    ``influence.broadcast_max_mb``) the rows carry their items' factors, ``yty`` must be given,
-    and the leaves-top-K columns are null (they need every item's score). ``timer``: an optional
-    Spark accumulator that sums the kernel's seconds over all workers."""
-    if item_factors is not None:
-        n_items = int(item_ids.max()) + 1 if len(item_ids) else 0
-        dense = np.zeros((n_items, item_factors.shape[1]), dtype=np.float64)
-        dense[item_ids] = item_factors
-        known = np.zeros(n_items, dtype=bool)
-        known[item_ids] = True
-        yty = I.gram(dense)
-    else:
-        dense = known = None
-    bc = users.sparkSession.sparkContext.broadcast((dense, known, yty))
-    schema = rec_schema(behaviors)
-    opts = dict(n_b=len(behaviors), alpha=alpha, reg=reg, top_n=top_n, pool=pool, k=k,
-                behaviors=behaviors, chunk=chunk)
+    With ``items.factors`` (broadcast) every recommendation gets the exact leaves-top-K checks;
+    on the joined path (:meth:`~common.influence.ItemFactors.gram_only`, catalogues above
+    ``influence.broadcast_max_mb``) the rows carry their items' factors and the leaves-top-K
+    columns are null. ``timer``: an optional Spark accumulator that sums the kernel's seconds over
+    all workers."""
+    spark = users.sparkSession
+    bc = spark.sparkContext.broadcast(items)
+    schema = rec_schema(list(settings.behaviors))
+    names = schema.fieldNames()
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        y, known_items, yty = bc.value
-        # the check scores only items the model has (unknown ids would look like zero vectors)
-        index = I.ItemIndex(y, np.flatnonzero(~known_items)) if y is not None else None
-        names = schema.fieldNames()
+        worker_items = bc.value  # its ItemIndex is built once per task, on first use
         for pdf in batches:
             if len(pdf):
                 t0 = time.perf_counter()
-                out = explain_batch(pdf, index, yty, **opts)
+                out = explain_pandas(pdf, worker_items, settings)
                 frame = pd.DataFrame({c: out[c] for c in names})
                 if timer is not None:
                     timer.add(time.perf_counter() - t0)
@@ -169,88 +155,62 @@ def explain_users(
 
     # the kernel is CPU-bound Python: spread users over every core (AQE would coalesce the small
     # input into one partition otherwise)
-    sc = users.sparkSession.sparkContext
-    n_parts = max(2 * sc.defaultParallelism,
-                  int(users.sparkSession.conf.get("spark.sql.shuffle.partitions")))
+    n_parts = max(2 * spark.sparkContext.defaultParallelism,
+                  int(spark.conf.get("spark.sql.shuffle.partitions")))
     return users.repartition(n_parts, S.USER_IDX).mapInPandas(run, schema)
 
 
-def explain_batch(pdf: pd.DataFrame, index: I.ItemIndex | None, yty, *, n_b, alpha, reg, top_n,
-                  pool, k, behaviors, chunk, memory_doubles: int = 4_000_000) -> dict:
+def explain_pandas(pdf: pd.DataFrame, items: I.ItemFactors,
+                   settings: I.ExplainSettings) -> dict[str, np.ndarray]:
     """Kernel columns (:func:`rec_schema`) for a pandas batch of :func:`user_inputs` rows.
 
-    Users with the same history length and number of recommendations are stacked and explained
-    together (:func:`common.influence.explain_group`), in sub-batches of about
-    ``memory_doubles`` float64 per working array; a heavy user's history is walked in ``chunk``
-    columns, so its memory stays bounded by its own inputs."""
+    Users with the same history length and number of recommendations are stacked
+    (:class:`common.influence.UserStack`) and explained together
+    (:func:`common.influence.explain_users_batch`), in sub-batches of about
+    ``settings.memory_doubles`` float64 per working array; a heavy user's history is walked in
+    ``settings.chunk`` columns, so its memory stays bounded by its own inputs."""
     n_h = pdf["hist_items"].map(len).to_numpy()
     n_r = pdf["rec_items"].map(len).to_numpy()
-    kf = yty.shape[0]
-    n_items = 0 if index is None else index.y.shape[0]
+    kf = items.yty.shape[0]
+    n_b = len(settings.behaviors)
+    n_items = 0 if items.ids is None else int(items.ids.max()) + 1
     pieces = []
     for (n, r), idx in pd.Series(np.arange(len(pdf))).groupby([n_h, n_r]).groups.items():
         idx = np.asarray(idx)
-        per_user = min(n, chunk) * (kf + 8 * r) + (n_b + 3) * kf * kf + n_items + 60 * r * r
-        step = max(1, int(memory_doubles // per_user))
+        per_user = (min(n, settings.chunk) * (kf + 8 * r) + (n_b + 3) * kf * kf + n_items
+                    + 60 * r * r)
+        step = max(1, int(settings.memory_doubles // per_user))
         for s in range(0, len(idx), step):
-            pieces.append(_explain_stack(pdf.iloc[idx[s:s + step]], n, r, index, yty, n_b,
-                                         alpha, reg, top_n, pool, k, behaviors, chunk))
+            pieces.append(_stack_rows(pdf.iloc[idx[s:s + step]], n, r, items, settings))
     return {c: np.concatenate([p[c] for p in pieces]) for c in pieces[0]}
 
 
-def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, behaviors, chunk):
+def user_stack(sub: pd.DataFrame, n: int, n_r: int, n_b: int, kf: int) -> I.UserStack:
+    """:func:`user_inputs` rows of users with ``n`` past items and ``n_r`` recs, as arrays."""
     u_n = len(sub)
-    y = None if index is None else index.y
-    kf = yty.shape[0]
-    hist = np.stack(sub["hist_items"].to_numpy()).astype(np.int64).reshape(u_n, n)
-    ratings = np.stack(sub["hist_conf"].to_numpy()).astype(np.float64).reshape(u_n, n)
-    parts = np.stack(sub["hist_parts"].to_numpy()).astype(np.float64).reshape(u_n, n, n_b)
-    recs = np.stack(sub["rec_items"].to_numpy()).astype(np.int64).reshape(u_n, n_r)
-    ranks = np.stack(sub["rec_ranks"].to_numpy()).astype(np.int32).reshape(u_n, n_r)
-    if y is not None:
-        def gather(sl):
-            return y[hist[:, sl]]
-        yr = y[recs]
-    else:  # joined path: the rows carry their items' factors
-        hf = np.stack(sub["hist_factors"].to_numpy()).astype(np.float64).reshape(u_n, n, kf)
 
-        def gather(sl):
-            return hf[:, sl]
-        yr = np.stack(sub["rec_factors"].to_numpy()).astype(np.float64).reshape(u_n, n_r, kf)
-    res = I.explain_group(yty, gather, ratings, parts, yr, alpha=alpha, reg=reg, top_n=top_n,
-                          chunk=chunk)
-    top = res["top_src"]  # (U, R, N)
-    n_keep = top.shape[2]
+    def stacked(col, dtype, *shape):
+        return np.stack(sub[col].to_numpy()).astype(dtype).reshape(u_n, *shape)
+
+    joined = "hist_factors" in sub.columns
+    return I.UserStack(
+        hist=stacked("hist_items", np.int64, n), ratings=stacked("hist_conf", np.float64, n),
+        parts=stacked("hist_parts", np.float64, n, n_b), recs=stacked("rec_items", np.int64, n_r),
+        hist_factors=stacked("hist_factors", np.float64, n, kf) if joined else None,
+        rec_factors=stacked("rec_factors", np.float64, n_r, kf) if joined else None)
+
+
+def _stack_rows(sub: pd.DataFrame, n: int, n_r: int, items: I.ItemFactors,
+                settings: I.ExplainSettings) -> dict[str, np.ndarray]:
+    """One stack of users through the kernel, laid out as :func:`rec_schema` rows: per (user,
+    rec) the kept sources, then one residual row holding the rest of the history."""
+    behaviors = settings.behaviors
+    u_n, kf = len(sub), items.yty.shape[0]
+    users = user_stack(sub, n, n_r, len(behaviors), kf)
+    e = I.explain_users_batch(users, items, settings)
+    n_keep = e.top_src.shape[2]
     reps = n_keep + 1
-    if y is not None:
-        # a leave-one-out vector depends on the source only: one candidate per distinct source,
-        # answering for the recommendations it is a top source of; a type removal for all
-        flat = top.reshape(u_n, n_r * n_keep)
-        order = np.argsort(flat, axis=1, kind="stable")
-        sf = np.take_along_axis(flat, order, axis=1)
-        first = np.ones_like(sf, dtype=bool)
-        first[:, 1:] = sf[:, 1:] != sf[:, :-1]
-        slot_sorted = np.cumsum(first, axis=1) - 1
-        n_slots = int(slot_sorted.max()) + 1
-        slot = np.empty_like(slot_sorted)
-        np.put_along_axis(slot, order, slot_sorted, axis=1)  # slot of each (rec, source) pair
-        uu = np.arange(u_n)[:, None]
-        rep = np.zeros((u_n, n_slots), dtype=np.int64)  # a flat (rec, source) pair per slot
-        rep[np.broadcast_to(uu, sf.shape)[first], slot_sorted[first]] = order[first]
-        coef = res["loo_coef"].reshape(u_n, -1)[uu, rep]
-        z = res["loo_z"].reshape(u_n, n_r * n_keep, kf)[uu, rep]
-        cand = res["loo_w"][:, None, :] + coef[..., None] * z  # (U, slots, k)
-        rec_of_pair = np.repeat(np.arange(n_r), n_keep)[None, :]
-        need = np.zeros((u_n, n_slots + n_b, n_r), dtype=bool)
-        need[uu, slot, rec_of_pair] = True
-        need[:, n_slots:] = True
-        both = np.concatenate([cand, res["type_x"]], axis=1)
-        lv, _ = I.leaves_top_k(res["x"], both, recs, hist, index, k=k, pool=pool, need=need)
-        loo_leaves = lv[uu, slot, rec_of_pair].reshape(u_n, n_r, n_keep)
-        type_leaves = lv[:, n_slots:]  # (U, B, R)
-    else:
-        loo_leaves = type_leaves = None
-    scores = res["scores"]
+    n_rows = u_n * n_r * reps
 
     def rows(v, last):  # (U, R, N) + residual (scalar or (U, R)) -> flat (user, rec, source)
         v = np.asarray(v)
@@ -260,54 +220,55 @@ def _explain_stack(sub, n, n_r, index, yty, n_b, alpha, reg, top_n, pool, k, beh
     def per_rec(v):
         return np.repeat(np.asarray(v).ravel(), reps)
 
-    user_ids = sub[S.USER_IDX].to_numpy().astype(np.int32)
+    ranks = np.stack(sub["rec_ranks"].to_numpy()).astype(np.int32).reshape(u_n, n_r)
     cols: dict[str, np.ndarray] = {}
-    cols[S.USER_IDX] = np.repeat(user_ids, n_r * reps)
-    cols[REC_ITEM] = per_rec(recs).astype(np.int32)
+    cols[S.USER_IDX] = np.repeat(sub[S.USER_IDX].to_numpy().astype(np.int32), n_r * reps)
+    cols[REC_ITEM] = per_rec(users.recs).astype(np.int32)
     cols[REC_RANK] = per_rec(ranks).astype(np.int32)
-    cols[S.SCORE] = per_rec(scores)
-    cols["n_history"] = np.full(u_n * n_r * reps, n, dtype=np.int32)
+    cols[S.SCORE] = per_rec(e.scores)
+    cols["n_history"] = np.full(n_rows, n, dtype=np.int32)
     cols[SOURCE_RANK] = np.tile(np.arange(1, reps + 1), u_n * n_r).astype(np.int32)
-    src = np.take_along_axis(hist[:, None, :].repeat(n_r, axis=1), top, axis=2)
+    src = np.take_along_axis(users.hist[:, None, :].repeat(n_r, axis=1), e.top_src, axis=2)
     cols[SOURCE_ITEM] = rows(src, RESIDUAL).astype(np.int32)
     cols["n_sources"] = np.tile(np.r_[np.ones(n_keep), n - n_keep], u_n * n_r).astype(np.int32)
-    contrib = res["contrib"]
-    c_all = rows(contrib, res["tot_contrib"] - contrib.sum(axis=2))
+    c_all = rows(e.contrib, e.tot_contrib - e.contrib.sum(axis=2))
     cols[CONTRIBUTION] = c_all
     sc = cols[S.SCORE]
     with np.errstate(divide="ignore", invalid="ignore"):
         cols[SHARE] = np.where(sc != 0, c_all / sc, np.nan)
-    base = res["base"]
-    cols[PART_BASE] = rows(base, res["tot_base"] - base.sum(axis=2))
-    part = res["parts"]  # (U, R, N, B)
-    rest_part = res["tot_parts"] - part.sum(axis=2)  # (U, R, B)
+    cols[PART_BASE] = rows(e.base, e.tot_base - e.base.sum(axis=2))
+    rest_part = e.tot_parts - e.parts.sum(axis=2)  # (U, R, B)
     for b_i, b in enumerate(behaviors):
-        cols[f"part_{b}"] = rows(part[:, :, :, b_i], rest_part[:, :, b_i])
-    cols[LOO_DELTA] = rows(res["loo_delta"], np.nan)
-    if loo_leaves is not None:
-        lv_rows = np.concatenate([loo_leaves, np.zeros((u_n, n_r, 1), dtype=bool)],
+        cols[f"part_{b}"] = rows(e.parts[:, :, :, b_i], rest_part[:, :, b_i])
+    cols[LOO_DELTA] = rows(e.loo_delta, np.nan)
+    if e.loo_leaves is not None:
+        lv_rows = np.concatenate([e.loo_leaves, np.zeros((u_n, n_r, 1), dtype=bool)],
                                  axis=2).astype(object)
         lv_rows[:, :, -1] = None  # the residual row has no single source to remove
         cols[LOO_LEAVES] = lv_rows.ravel()
     else:
-        cols[LOO_LEAVES] = np.full(u_n * n_r * reps, None, dtype=object)
+        cols[LOO_LEAVES] = np.full(n_rows, None, dtype=object)
     for b_i, b in enumerate(behaviors):
-        cols[f"type_delta_{b}"] = per_rec(res["type_delta"][:, b_i])
-        cols[f"type_leaves_{b}"] = (per_rec(type_leaves[:, b_i]) if type_leaves is not None
-                                    else np.full(u_n * n_r * reps, None, dtype=object))
-    conc = res["conc"]
-    cols["top1_share"] = per_rec(conc[:, :, 0])
-    cols["top3_share"] = per_rec(conc[:, :, 1])
-    cols["effective_sources"] = per_rec(conc[:, :, 2])
-    stored = sub["stored_x"].to_numpy()
-    has = np.array([v is not None for v in stored], dtype=bool)  # left join: may be missing
-    err = np.full(u_n, np.nan)
+        cols[f"type_delta_{b}"] = per_rec(e.type_delta[:, b_i])
+        cols[f"type_leaves_{b}"] = (per_rec(e.type_leaves[:, b_i]) if e.type_leaves is not None
+                                    else np.full(n_rows, None, dtype=object))
+    cols["top1_share"] = per_rec(e.conc[:, :, 0])
+    cols["top3_share"] = per_rec(e.conc[:, :, 1])
+    cols["effective_sources"] = per_rec(e.conc[:, :, 2])
+    cols["x_rel_err"] = np.repeat(x_rel_err(e.x, sub["stored_x"].to_numpy()), n_r * reps)
+    return cols
+
+
+def x_rel_err(x: np.ndarray, stored) -> np.ndarray:
+    """(U,) ||x − stored|| / ||stored|| of the recomputed user vectors against the run's stored
+    factors (NaN where the left join found none)."""
+    has = np.array([v is not None for v in stored], dtype=bool)
+    err = np.full(len(x), np.nan)
     if has.any():
         st = np.stack(stored[has]).astype(np.float64)
-        err[has] = (np.linalg.norm(res["x"][has] - st, axis=1)
+        err[has] = (np.linalg.norm(x[has] - st, axis=1)
                     / np.maximum(np.linalg.norm(st, axis=1), 1e-30))
-    cols["x_rel_err"] = np.repeat(err, n_r * reps)
-    return cols
+    return err
 
 
 def distributed_gram(item_factors: DataFrame, rank: int) -> np.ndarray:
@@ -439,60 +400,100 @@ def users_table(rows: DataFrame, *, behaviors: list[str]) -> DataFrame:
 # --- job ---------------------------------------------------------------------------------------
 
 
-def _run_record(spark, lake: Lake, run_id: str) -> dict:
-    if not lake.exists(spark, L.MODELS_RUNS):
-        raise FileNotFoundError(f"{L.MODELS_RUNS} does not exist: run `reclake als` first")
-    rows = lake.read(spark, L.MODELS_RUNS).where(F.col(S.RUN_ID) == run_id).collect()
-    if not rows:
-        have = [r[0] for r in lake.read(spark, L.MODELS_RUNS).select(S.RUN_ID).limit(10).collect()]
-        raise ConfigError(f"no run '{run_id}' in {L.MODELS_RUNS} (runs: {have})")
-    rec = rows[0].asDict()
-    if rec[S.MODEL] != "als":
-        raise ConfigError(f"run '{run_id}' is a {rec[S.MODEL]} run; influence explains ALS runs")
-    if rec["params"].get("als.nonnegative") == "True":
-        raise ConfigError(f"run '{run_id}' used nonnegative=True (NNLS): scores do not decompose "
-                          "linearly; retrain without --nonnegative to explain it")
-    return rec
+class ExactnessError(ConfigError):
+    """The recomputed user vectors do not reproduce the run's stored factors within
+    ``influence.max_x_rel_err``: the attribution would not describe this model."""
 
 
-def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str, timer=None):
-    """The kernel rows of one run (cached) and the behaviours it splits by."""
-    rec = _run_record(spark, lake, run_id)
-    params = rec["params"]
-    alpha, reg = float(params["als.alpha"]), float(params["als.reg_param"])
-    protocol = rec[S.PROTOCOL]
-    splits = lake.read(spark, L.GOLD_SPLITS)
+@dataclass(frozen=True)
+class RunExplanation:
+    """:func:`explain_run`'s result: the kernel rows (:func:`rec_schema` plus ``run_id``), the
+    run's record and the settings they were computed with."""
+
+    rows: DataFrame
+    record: RunRecord
+    settings: I.ExplainSettings
+
+
+def check_explainable(rec: RunRecord) -> None:
+    """Only implicit ALS without NNLS decomposes linearly into per-interaction parts."""
+    if rec.model != "als":
+        raise ConfigError(f"run {rec.run_id!r} is a {rec.model} run; influence explains ALS runs")
+    if rec.param("als.nonnegative"):
+        raise ConfigError(f"run {rec.run_id!r} used nonnegative=True (NNLS): scores do not "
+                          "decompose linearly; retrain without --nonnegative to explain it")
+
+
+def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str,
+                timer=None) -> RunExplanation:
+    """The kernel rows of one ALS run (lazy: cache them before more than one action).
+
+    Every input is read at the version the run recorded (``gold/splits`` it trained on, the
+    factor tables and ``gold/recommendations`` it wrote), so re-running ``split`` or another fit
+    afterwards changes nothing here; the run's own settings (``als.alpha``, ``als.reg_param``,
+    ``recommend.k``, ``recommend.exclude_seen``) come from its record, the influence knobs from
+    ``cfg``."""
+    rec = read_run(spark, lake, run_id)
+    check_explainable(rec)
+    run_cfg = rec.config(cfg)
+    splits = rec.read(spark, lake, L.GOLD_SPLITS)
     behaviors = [b for b in cfg.vocabulary if S.conf_col(b) in splits.columns]
     if not behaviors:
         raise ConfigError(f"{L.GOLD_SPLITS} has no conf_<b> columns; re-run `reclake split`")
-    history = splits.where((F.col(S.PROTOCOL) == protocol) & (F.col("split") == "train")
+    history = splits.where((F.col(S.PROTOCOL) == rec.protocol) & (F.col(S.SPLIT) == "train")
                            & (F.col(S.CONFIDENCE) > 0))
     # a behaviour with no weight has no part anywhere: leave it out of the tables
     nonzero = history.agg(*[F.max(F.abs(S.conf_col(b))).alias(b) for b in behaviors]).first()
     behaviors = [b for b in behaviors if (nonzero[b] or 0) > 0]
-    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col(S.RUN_ID) == run_id)
-    k = recs.agg(F.max(S.RANK)).first()[0]
-    if k is None:
-        raise ConfigError(f"run '{run_id}' has no rows in {L.GOLD_RECOMMENDATIONS}")
-    items = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).where(F.col(S.RUN_ID) == run_id)
-    users = lake.read(spark, L.MODELS_ALS_USER_FACTORS).where(F.col(S.RUN_ID) == run_id)
+    this_run = F.col(S.RUN_ID) == run_id
+    recs = rec.read(spark, lake, L.GOLD_RECOMMENDATIONS).where(this_run)
+    if recs.first() is None:
+        raise ConfigError(f"run {run_id!r} has no rows in {L.GOLD_RECOMMENDATIONS}")
+    items = rec.read(spark, lake, L.MODELS_ALS_ITEM_FACTORS).where(this_run)
+    users = rec.read(spark, lake, L.MODELS_ALS_USER_FACTORS).where(this_run)
+    settings = I.ExplainSettings.from_config(run_cfg, behaviors)
     n_items = items.count()
     rank = len(items.select(S.FACTORS).first()[0])
-    fit = n_items * rank * 8 <= cfg.influence.broadcast_max_mb * 2**20
-    common = dict(behaviors=behaviors, alpha=alpha, reg=reg, top_n=cfg.influence.top_n,
-                  pool=cfg.influence.pool, k=int(k), timer=timer)
-    if fit:
+    if n_items * rank * 8 <= cfg.influence.broadcast_max_mb * 2**20:
         ipdf = items.select(S.IDX, S.FACTORS).toPandas()
-        ids = ipdf[S.IDX].to_numpy(np.int64)
-        fac = np.stack(ipdf[S.FACTORS].to_numpy()).astype(np.float64)
+        factors = I.ItemFactors.from_rows(ipdf[S.IDX].to_numpy(np.int64),
+                                          np.stack(ipdf[S.FACTORS].to_numpy()))
         inputs = user_inputs(history, recs, users, behaviors)
-        rows = explain_users(inputs, ids, fac, **common)
     else:
         log.info("item factors (%d x %d) above influence.broadcast_max_mb: joined to the rows "
                  "that need them; leaves-top-K checks skipped (null)", n_items, rank)
+        factors = I.ItemFactors.gram_only(distributed_gram(items, rank))
         inputs = user_inputs(history, recs, users, behaviors, item_factors=items)
-        rows = explain_users(inputs, None, None, yty=distributed_gram(items, rank), **common)
-    return rows.withColumn(S.RUN_ID, F.lit(run_id)), behaviors
+    rows = explain_user_rows(inputs, factors, settings, timer=timer)
+    return RunExplanation(rows=rows.withColumn(S.RUN_ID, F.lit(run_id)), record=rec,
+                          settings=settings)
+
+
+def exactness_stats(rows: DataFrame) -> dict:
+    """Recommendations, users and the x_rel_err distribution (NaN: no stored factors) of the
+    kernel rows."""
+    per_rec = rows.where(F.col(SOURCE_RANK) == 1)
+    err = F.when(~F.isnan("x_rel_err"), F.col("x_rel_err"))
+    # two aggregations: with countDistinct, percentile_approx takes ~10x longer in one
+    stats = per_rec.agg(
+        F.count(F.lit(1)).alias("recs"), F.max(err).alias("max_err"),
+        F.percentile_approx(err, 0.5).alias("median_err"),
+        F.count(F.when(F.isnan("x_rel_err"), 1)).alias("recs_without_factors")).first().asDict()
+    stats["users"] = per_rec.select(S.USER_IDX).distinct().count()
+    return stats
+
+
+def check_exactness(stats: dict, *, run_id: str, tolerance: float) -> None:
+    """Raise :class:`ExactnessError` when any recomputed user vector is further than
+    ``tolerance`` (relative) from the run's stored factors."""
+    worst = stats["max_err"]
+    if worst is not None and worst > tolerance:
+        raise ExactnessError(
+            f"run {run_id!r}: recomputed user vectors differ from the run's stored factors by up "
+            f"to {worst:.2e} relative (median {stats['median_err']:.2e}), above "
+            f"influence.max_x_rel_err = {tolerance:g}; the decomposition does not reproduce this "
+            f"model (trained by something other than Spark's implicit ALS on gold/splits' "
+            f"confidence, or its factors were changed), so no influence table was written")
 
 
 def main(spark: SparkSession, cfg: Config) -> dict:
@@ -506,20 +507,24 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     lake = Lake(cfg.lake)
     t0 = time.perf_counter()
     timer = spark.sparkContext.accumulator(0.0)
-    rows, behaviors = explain_run(spark, lake, cfg=cfg, run_id=run_id, timer=timer)
+    ex = explain_run(spark, lake, cfg=cfg, run_id=run_id, timer=timer)
+    behaviors = list(ex.settings.behaviors)
     where = f"{S.RUN_ID} = {quote(run_id)}"
     with timed(log, f"influence of run {run_id}: per-user attribution") as info:
-        rows = rows.cache()
-        per_rec = rows.where(F.col(SOURCE_RANK) == 1)
-        # two aggregations: with countDistinct, percentile_approx takes ~10x longer in one
-        stats = per_rec.agg(
-            F.count(F.lit(1)).alias("recs"), F.max("x_rel_err").alias("max_err"),
-            F.percentile_approx("x_rel_err", 0.5).alias("median_err")).first().asDict()
-        stats["users"] = per_rec.select(S.USER_IDX).distinct().count()
+        rows = ex.rows.cache()
+        stats = exactness_stats(rows)
         info.update(recommendations=stats["recs"], users=stats["users"],
                     kernel_cpu_s=round(timer.value, 1))
     log.info("recomputed user vectors vs Spark's stored factors: median rel. err %.2e, max %.2e",
              stats["median_err"] or float("nan"), stats["max_err"] or float("nan"))
+    if stats["recs_without_factors"]:
+        log.warning("%d recommendations of users without stored factors (not checked)",
+                    stats["recs_without_factors"])
+    try:  # before any write: a failed check leaves every influence table as it was
+        check_exactness(stats, run_id=run_id, tolerance=cfg.influence.max_x_rel_err)
+    except ExactnessError:
+        rows.unpersist()
+        raise
     contrib_cols = [S.RUN_ID, S.USER_IDX, REC_ITEM, REC_RANK, S.SCORE, SOURCE_RANK, SOURCE_ITEM,
                     "n_sources", CONTRIBUTION, SHARE, PART_BASE,
                     *[f"part_{b}" for b in behaviors], LOO_DELTA, LOO_LEAVES]
@@ -541,10 +546,27 @@ def main(spark: SparkSession, cfg: Config) -> dict:
     return summary
 
 
-def format_summary(spark: SparkSession, lake: Lake, run_id: str, top: int = 5) -> str:
-    """Behaviour-type shares (all users) and the top gateway items, as text."""
+def _source_ids(spark: SparkSession, lake: Lake, table: str, idx_col: str, id_col: str,
+                idxs) -> dict[int, str]:
+    """The source's id of each internal index in ``idxs`` (empty when the lake has no index
+    table, e.g. a gold/splits written directly). The index tables only ever grow (ingest gives
+    new ids the next numbers), so the latest version names every index a run used."""
+    idxs = sorted({int(i) for i in idxs if i is not None and i >= 0})
+    if not idxs or not lake.exists(spark, table):
+        return {}
+    got = lake.read(spark, table).where(F.col(idx_col).isin(idxs)).select(idx_col, id_col)
+    return {int(r[0]): str(r[1]) for r in got.collect()}
+
+
+def format_summary(spark: SparkSession, lake: Lake, run_id: str, top: int = 5,
+                   examples: int = 3) -> str:
+    """Behaviour-type shares (all users), the top gateway items and a few example explanations
+    (the rank-1 recommendation of the first users and the past items behind it), as text naming
+    items and users by the source's ids (``silver/item_index``, ``silver/user_index``; internal
+    indices only where the lake has no index)."""
+    this_run = F.col(S.RUN_ID) == run_id
     bt = (lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE)
-          .where((F.col(S.RUN_ID) == run_id) & (F.col("segment") == "all"))
+          .where(this_run & (F.col("segment") == "all"))
           .orderBy(F.desc("score_share")).collect())
     lines = [f"Behaviour-type influence, run {run_id} (share of recommendation score; fraction "
              "of recommendations that leave the top-K without that type):"]
@@ -552,14 +574,52 @@ def format_summary(spark: SparkSession, lake: Lake, run_id: str, top: int = 5) -
         leave = ("" if r["removal_leaves_fraction"] is None
                  else f"{r['removal_leaves_fraction']:8.1%}")
         lines.append(f"  {r[S.BEHAVIOR]:<10} {r['score_share']:8.1%} {leave}")
-    items = (lake.read(spark, L.INFLUENCE_ITEMS).where(F.col(S.RUN_ID) == run_id)
+    items = (lake.read(spark, L.INFLUENCE_ITEMS).where(this_run)
              .orderBy(F.desc("total_contribution")).limit(top).collect())
+    ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).where(this_run & (F.col(REC_RANK) == 1))
+    first_users = [r[0] for r in ec.select(S.USER_IDX).distinct().orderBy(S.USER_IDX)
+                   .limit(examples).collect()]
+    ex = (ec.where(F.col(S.USER_IDX).isin(first_users)).orderBy(S.USER_IDX, SOURCE_RANK)
+          .collect() if first_users else [])
+    item_ids = _source_ids(spark, lake, L.SILVER_ITEM_INDEX, S.ITEM_IDX, S.ITEM_ID,
+                           [r[S.ITEM_IDX] for r in items] + [r[REC_ITEM] for r in ex]
+                           + [r[SOURCE_ITEM] for r in ex])
+    user_ids = _source_ids(spark, lake, L.SILVER_USER_INDEX, S.USER_IDX, S.USER_ID, first_users)
+
+    def item(i):
+        return f"item {item_ids[i]}" if i in item_ids else f"item_idx {i}"
+
+    def user(u):
+        return f"user {user_ids[u]}" if u in user_ids else f"user_idx {u}"
+
     if items:
         lines.append(f"Top gateway items (Gini of influence {items[0]['influence_gini']:.3f}):")
+        width = max(len(item(r[S.ITEM_IDX])) for r in items)
         for r in items:
-            lines.append(f"  item_idx {r[S.ITEM_IDX]:>8}  drives {r['n_recs_supported']:>6} recs "
-                         f"of {r['n_users']:>6} users, total contribution "
+            lines.append(f"  {item(r[S.ITEM_IDX]):<{width}}  drives {r['n_recs_supported']:>6} "
+                         f"recs of {r['n_users']:>6} users, total contribution "
                          f"{r['total_contribution']:.3f}")
+    if ex:
+        behaviors = [c[len("part_"):] for c in ec.columns
+                     if c.startswith("part_") and c != PART_BASE]
+        lines.append("Example explanations (a user's first recommendation <- the past items "
+                     "behind it, share of its score and the behaviour that weighs most):")
+        by_user: dict[int, list] = {}
+        for r in ex:
+            by_user.setdefault(r[S.USER_IDX], []).append(r)
+        for u, rs in by_user.items():
+            parts = []
+            for r in rs:
+                share = "" if r[SHARE] is None else f" {r[SHARE]:.0%}"
+                if r[SOURCE_ITEM] == RESIDUAL:
+                    if r["n_sources"]:
+                        parts.append(f"{r['n_sources']} other items{share}")
+                    continue
+                top_b = max(behaviors, key=lambda b: r[f"part_{b}"] or 0.0, default=None)
+                tag = f" [{top_b}]" if top_b and (r[f"part_{top_b}"] or 0) > 0 else ""
+                parts.append(f"{item(r[SOURCE_ITEM])}{share}{tag}")
+            lines.append(f"  {user(u)}: {item(rs[0][REC_ITEM])} (score {rs[0][S.SCORE]:.3f}) <- "
+                         + ", ".join(parts))
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common import influence as I
+from tests.reference import influence as ref
 
 ALPHA, REG = 0.8, 0.15
 
@@ -24,14 +25,14 @@ def test_contributions_sum_to_the_score_and_loo_equals_a_resolve(n_hist):
     y, hist, parts, r = _user(rng, n_hist=n_hist)
     yty = I.gram(y)
     recs = np.setdiff1d(np.arange(60), hist)[:5]
-    e = I.explain_user(yty, y[hist], r, y[recs], alpha=ALPHA, reg=REG)
-    x = I.solve_user(yty, y[hist], r, alpha=ALPHA, reg=REG)
+    e = ref.explain_user(yty, y[hist], r, y[recs], alpha=ALPHA, reg=REG)
+    x = ref.solve_user(yty, y[hist], r, alpha=ALPHA, reg=REG)
     np.testing.assert_allclose(e.x, x, rtol=1e-12, atol=1e-14)
     scores = y[recs] @ x
     np.testing.assert_allclose(e.contributions.sum(axis=1), scores, rtol=1e-9)
     for j in range(n_hist):
         keep = np.arange(n_hist) != j
-        xj = I.solve_user(yty, y[hist][keep], r[keep], alpha=ALPHA, reg=REG)
+        xj = ref.solve_user(yty, y[hist][keep], r[keep], alpha=ALPHA, reg=REG)
         np.testing.assert_allclose(e.loo_scores[:, j], y[recs] @ xj, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(e.loo_vectors(np.array([j]))[0], xj, rtol=1e-8, atol=1e-10)
 
@@ -41,14 +42,14 @@ def test_behaviour_parts_sum_to_contribution_and_type_removal_resolves():
     y, hist, parts, r = _user(rng)
     yty = I.gram(y)
     recs = np.setdiff1d(np.arange(60), hist)[:4]
-    out = I.explain_recommendations(yty, y[hist], r, parts, y[recs], alpha=ALPHA, reg=REG,
+    out = ref.explain_recommendations(yty, y[hist], r, parts, y[recs], alpha=ALPHA, reg=REG,
                                     top_n=3)
     np.testing.assert_allclose(out["base"] + out["parts"].sum(axis=2), out["contrib"],
                                rtol=1e-12, atol=1e-14)
     for b in range(parts.shape[1]):
         rb = r - parts[:, b]
         keep = rb > 1e-12
-        xb = I.solve_user(yty, y[hist][keep], rb[keep], alpha=ALPHA, reg=REG)
+        xb = ref.solve_user(yty, y[hist][keep], rb[keep], alpha=ALPHA, reg=REG)
         np.testing.assert_allclose(out["type_delta"][b], y[recs] @ xb - out["scores"],
                                    rtol=1e-9, atol=1e-12)
     # top sources are the largest |contributions|
@@ -57,8 +58,10 @@ def test_behaviour_parts_sum_to_contribution_and_type_removal_resolves():
 
 
 @pytest.mark.parametrize(("n_hist", "chunk"), [(1, 4096), (2, 1), (7, 3), (30, 4096), (30, 7)])
-def test_stacked_kernel_equals_the_per_user_reference(n_hist, chunk):
-    """explain_group (many users at once, history in chunks) gives the per-user numbers."""
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_stacked_kernel_equals_the_per_user_reference(n_hist, chunk, exclude_seen):
+    """explain_users_batch (many users at once, history in chunks) gives the per-user numbers,
+    and its leaves answers are a full rescoring of the counterfactual vectors."""
     rng = np.random.default_rng(100 + n_hist)
     n_items, k, n_b, n_r, top_n = 60, 6, 3, 4, 5
     y = rng.standard_normal((n_items, k))
@@ -69,35 +72,48 @@ def test_stacked_kernel_equals_the_per_user_reference(n_hist, chunk):
     r = parts.sum(axis=2)
     parts[0, :, 1] = r[0] - parts[0, :, 0] - parts[0, :, 2]  # user 0: type removal empties items
     recs = np.stack([np.setdiff1d(np.arange(n_items), h)[:n_r] for h in hist])
-    out = I.explain_group(yty, lambda sl: y[hist[:, sl]], r, parts, y[recs], alpha=ALPHA,
-                          reg=REG, top_n=top_n, chunk=chunk)
+    settings = I.ExplainSettings(alpha=ALPHA, reg=REG, k=n_r, behaviors=("a", "b", "c"),
+                                 exclude_seen=exclude_seen, top_n=top_n, pool=7, chunk=chunk)
+    out = I.explain_users_batch(I.UserStack(hist=hist, ratings=r, parts=parts, recs=recs),
+                                I.ItemFactors.from_rows(np.arange(n_items), y), settings)
     n_keep = min(top_n, n_hist)
+    x_loo = out.loo_vectors()
     for u in range(len(users)):
-        ref = I.explain_recommendations(yty, y[hist[u]], r[u], parts[u], y[recs[u]], alpha=ALPHA,
-                                        reg=REG, top_n=top_n)
-        np.testing.assert_allclose(out["x"][u], ref["x"], rtol=1e-10, atol=1e-13)
-        np.testing.assert_allclose(out["scores"][u], ref["scores"], rtol=1e-10, atol=1e-13)
-        np.testing.assert_array_equal(out["top_src"][u], ref["top_src"])
+        want = ref.explain_recommendations(yty, y[hist[u]], r[u], parts[u], y[recs[u]],
+                                           alpha=ALPHA, reg=REG, top_n=top_n)
+        np.testing.assert_allclose(out.x[u], want["x"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(out.scores[u], want["scores"], rtol=1e-10, atol=1e-13)
+        np.testing.assert_array_equal(out.top_src[u], want["top_src"])
         rr = np.arange(n_r)[:, None]
-        src = ref["top_src"]
+        src = want["top_src"]
         for key in ("contrib", "base", "loo_delta"):
-            np.testing.assert_allclose(out[key][u], ref[key][rr, src], rtol=1e-8, atol=1e-11)
-        np.testing.assert_allclose(out["parts"][u], ref["parts"][rr, src], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(out["tot_contrib"][u], ref["contrib"].sum(axis=1),
+            np.testing.assert_allclose(getattr(out, key)[u], want[key][rr, src], rtol=1e-8,
+                                       atol=1e-11)
+        np.testing.assert_allclose(out.parts[u], want["parts"][rr, src], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out.tot_contrib[u], want["contrib"].sum(axis=1),
                                    rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(out["tot_contrib"][u], out["scores"][u], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(out["tot_parts"][u], ref["parts"].sum(axis=1), rtol=1e-9,
+        np.testing.assert_allclose(out.tot_contrib[u], out.scores[u], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out.tot_parts[u], want["parts"].sum(axis=1), rtol=1e-9,
                                    atol=1e-12)
-        np.testing.assert_allclose(out["type_delta"][u], ref["type_delta"], rtol=1e-9, atol=1e-11)
-        np.testing.assert_allclose(out["conc"][u], ref["conc"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(out.type_delta[u], want["type_delta"], rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(out.conc[u], want["conc"], rtol=1e-9, atol=1e-12)
+        # candidates of the top-K: every item, less the user's own when the run excluded them
+        cands = np.setdiff1d(np.arange(n_items), hist[u]) if exclude_seen else np.arange(n_items)
+
+        def leaves(xv, i, cands=cands):
+            s = y @ xv
+            return int((s[cands] > s[i]).sum()) >= n_r
+
+        for b in range(n_b):
+            assert list(out.type_leaves[u, b]) == [leaves(out.type_x[u, b], i) for i in recs[u]]
         # the counterfactual vectors are brute-force re-solves without each kept source
-        x_loo = out["loo_w"][u] + out["loo_coef"][u][..., None] * out["loo_z"][u]
         for i in range(n_r):
             for s_i in range(n_keep):
                 j = src[i, s_i]
                 keep = np.arange(n_hist) != j
-                xj = I.solve_user(yty, y[hist[u]][keep], r[u][keep], alpha=ALPHA, reg=REG)
-                np.testing.assert_allclose(x_loo[i, s_i], xj, rtol=1e-8, atol=1e-10)
+                xj = ref.solve_user(yty, y[hist[u]][keep], r[u][keep], alpha=ALPHA, reg=REG)
+                np.testing.assert_allclose(x_loo[u, i, s_i], xj, rtol=1e-8, atol=1e-10)
+                assert out.loo_leaves[u, i, s_i] == leaves(xj, recs[u, i])
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -142,7 +158,7 @@ def test_top_k_check_matches_a_full_rescoring(seed):
     seen = rng.choice(n, int(rng.integers(0, n - k)), replace=False)
     unseen = np.setdiff1d(np.arange(n), seen)
     recs = unseen[np.argsort(-(y[unseen] @ x))[:k]]
-    check = I.TopKCheck(x, y, seen, recs, k=k, pool=int(rng.integers(0, 10)))
+    check = ref.TopKCheck(x, y, seen, recs, k=k, pool=int(rng.integers(0, 10)))
     new_x = x + rng.standard_normal((4, 3)) * rng.random()
     got = check.leaves(new_x)
     for c in range(4):
@@ -159,7 +175,7 @@ def test_contributions_equal_implicit_explain():
     y, hist, parts, r = _user(rng, n_items=40, k=5, n_hist=9)
     yty = I.gram(y)
     recs = np.setdiff1d(np.arange(40), hist)[:3]
-    e = I.explain_user(yty, y[hist], r, y[recs], alpha=ALPHA, reg=REG)
+    e = ref.explain_user(yty, y[hist], r, y[recs], alpha=ALPHA, reg=REG)
     # implicit's convention: user_items hold c_j (its alpha = 1), regularization is plain λ; Spark's
     # c_j = 1 + alpha r_j and λ·n_u (ALS-WR) map onto it exactly
     model = implicit_als.AlternatingLeastSquares(factors=5, regularization=REG * len(hist),
@@ -187,17 +203,21 @@ def test_gini_known_answers():
 # --- the Spark job ---------------------------------------------------------------------------------
 
 
-def _lake_with_als_run(spark, make_cfg, run_id="inf-als"):
+def _lake_with_als_run(spark, make_cfg, run_id="inf-als", **overrides):
+    """gold/splits (30 users, 25 items, view and purchase parts), silver/{user,item}_index with
+    ids unlike the indices, and one ALS run fitted on it (``reclake fit``)."""
     from datetime import datetime
 
     from common import lake as L
     from common import schema as S
     from common.lake import Lake
-    from jobs import als
+    from jobs import fit
 
-    cfg = make_cfg(als__rank=4, als__max_iter=10, als__reg_param=0.1, als__alpha=0.5,
-                   als__num_user_blocks=2, als__num_item_blocks=2, als__save_model=False,
-                   recommend__k=4, run__run_id=run_id, influence__top_n=2, influence__pool=3)
+    settings = dict(als__rank=4, als__max_iter=10, als__reg_param=0.1, als__alpha=0.5,
+                    als__num_user_blocks=2, als__num_item_blocks=2, als__save_model=False,
+                    recommend__k=4, run__model="als", run__run_id=run_id, influence__top_n=2,
+                    influence__pool=3)
+    cfg = make_cfg(**{**settings, **overrides})
     rng = np.random.default_rng(5)
     rows = []
     for u in range(30):
@@ -208,13 +228,55 @@ def _lake_with_als_run(spark, make_cfg, run_id="inf-als"):
             split = "test" if n == 0 else "train"
             rows.append(("stratified", split, u, int(i), view + buy, datetime(2024, 1, 1),
                          view, buy))
-    df = spark.createDataFrame(
+    lake = Lake(cfg.lake)
+    lake.write(_splits_frame(spark, rows), L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
+    lake.write(spark.createDataFrame([(f"sku-{i:03d}", i) for i in range(25)],
+                                     S.INDEX_SCHEMA[S.ITEM_IDX]), L.SILVER_ITEM_INDEX)
+    lake.write(spark.createDataFrame([(f"cust-{u:03d}", u) for u in range(30)],
+                                     S.INDEX_SCHEMA[S.USER_IDX]), L.SILVER_USER_INDEX)
+    fit.main(spark, cfg)
+    return cfg, lake, rows
+
+
+def _splits_frame(spark, rows):
+    from common import schema as S
+
+    return spark.createDataFrame(
         rows, f"{S.PROTOCOL} string, {S.SPLIT} string, {S.USER_IDX} int, {S.ITEM_IDX} int, "
               f"{S.CONFIDENCE} double, {S.TS} timestamp, conf_view double, conf_purchase double")
-    lake = Lake(cfg.lake)
-    lake.write(df, L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
-    als.main(spark, cfg)
-    return cfg, lake, rows
+
+
+def _brute_force_checks(ec, rows, y, *, k, exclude_seen, alpha=0.5, reg=0.1):
+    """Every kept source's loo_delta and loo_leaves_top_k against a re-solve without it and a
+    full rescoring (candidates: every item the model has, less the user's train items when
+    ``exclude_seen``). Returns (rows checked, rows that leave)."""
+    yty = I.gram(y)
+    known = np.flatnonzero(np.linalg.norm(y, axis=1) > 0)
+    train = [(u, i, c) for _, s, u, i, c, *_ in rows if s == "train"]
+    checked = leaves = 0
+    for r in ec[ec["source_item_idx"] >= 0].itertuples():
+        hist = [(i, c) for u, i, c in train if u == r.user_idx and i != r.source_item_idx]
+        x = ref.solve_user(yty, y[[i for i, _ in hist]], np.array([c for _, c in hist]),
+                           alpha=alpha, reg=reg)
+        assert r.loo_delta == pytest.approx(y[r.rec_item_idx] @ x - r.score, rel=1e-8, abs=1e-10)
+        seen = {i for u, i, _ in train if u == r.user_idx} if exclude_seen else set()
+        cands = [i for i in known if i not in seen]
+        s_new = y @ x
+        expected = sum(s_new[i] > s_new[r.rec_item_idx] for i in cands) >= k
+        assert bool(r.loo_leaves_top_k) == expected
+        leaves += expected
+        checked += 1
+    return checked, leaves
+
+
+def _item_factors(spark, lake, n_items=25):
+    from common import lake as L
+    from common import schema as S
+
+    itf = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).toPandas()
+    y = np.zeros((n_items, len(itf[S.FACTORS].iloc[0])))
+    y[itf[S.IDX].to_numpy()] = np.stack(itf[S.FACTORS].to_numpy())
+    return y
 
 
 @pytest.mark.spark
@@ -226,7 +288,13 @@ def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, mak
     cfg, lake, rows = _lake_with_als_run(spark, make_cfg)
     summary = influence.main(spark, cfg)
     assert summary["x_rel_err_max"] <= 1e-4  # recomputed x_u vs Spark's stored user factors
-    assert "Behaviour-type influence" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Behaviour-type influence" in out
+    # people read the source's ids, not internal indices
+    gateway = out.split("Top gateway items")[1].split("Example explanations")[0]
+    examples = out.split("Example explanations")[1]
+    assert gateway.count("item sku-") == 5 and "item_idx" not in out
+    assert examples.count("user cust-") == 3 and "<- item sku-" in examples
     ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).toPandas()
     recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).toPandas()
     n_hist = {}
@@ -244,38 +312,18 @@ def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, mak
     # behaviour parts sum to the contribution
     np.testing.assert_allclose(ec["part_base"] + ec["part_view"] + ec["part_purchase"],
                                ec["contribution"], rtol=1e-9, atol=1e-12)
-    # leave-one-out deltas equal a brute-force re-solve on the stored item factors
-    itf = lake.read(spark, L.MODELS_ALS_ITEM_FACTORS).toPandas()
-    y = np.zeros((25, 4))
-    y[itf[S.IDX].to_numpy()] = np.stack(itf[S.FACTORS].to_numpy())
-    yty = I.gram(y)
-    train = [(u, i, c) for _, s, u, i, c, *_ in rows if s == "train"]
-    k = int(recs[S.RANK].max())
-    checked = leaves = 0
-    for r in ec[ec["source_item_idx"] >= 0].itertuples():
-        hist = [(i, c) for u, i, c in train if u == r.user_idx and i != r.source_item_idx]
-        x = I.solve_user(yty, y[[i for i, _ in hist]], np.array([c for _, c in hist]),
-                         alpha=0.5, reg=0.1)
-        assert r.loo_delta == pytest.approx(y[r.rec_item_idx] @ x - r.score, rel=1e-8, abs=1e-10)
-        # and the rec leaves the top-K exactly when K unseen items now score above it
-        seen = {i for u, i, _ in train if u == r.user_idx}
-        unseen = [i for i in itf[S.IDX] if i not in seen]
-        s_new = y @ x
-        expected = sum(s_new[i] > s_new[r.rec_item_idx] for i in unseen) >= k
-        assert bool(r.loo_leaves_top_k) == expected
-        leaves += expected
-        checked += 1
+    # leave-one-out deltas equal a brute-force re-solve on the stored item factors, and a rec
+    # leaves the top-K exactly when K unseen items now score above it
+    checked, leaves = _brute_force_checks(ec, rows, _item_factors(spark, lake),
+                                          k=int(recs[S.RANK].max()), exclude_seen=True)
     assert checked > 50 and 0 < leaves < checked  # both answers occur
     # behaviour-type shares over all users sum to one
     bt = lake.read(spark, L.INFLUENCE_BEHAVIOR_TYPE).where("segment = 'all'").toPandas()
     assert set(bt[S.BEHAVIOR]) == {"base", "view", "purchase"}
     assert bt["score_share"].sum() == pytest.approx(1.0, rel=1e-9)
     # the joined path (item factors too large to broadcast) gives the same numbers, no checks
-    import dataclasses
-
-    small = dataclasses.replace(cfg, influence=dataclasses.replace(cfg.influence,
-                                                                   broadcast_max_mb=1e-6))
-    joined, _ = influence.explain_run(spark, lake, cfg=small, run_id="inf-als")
+    small = cfg.with_(**{"influence.broadcast_max_mb": 1e-6})
+    joined = influence.explain_run(spark, lake, cfg=small, run_id="inf-als").rows
     jp = joined.select(S.USER_IDX, "rec_item_idx", "source_rank", "contribution", "loo_delta",
                        "loo_leaves_top_k").toPandas()
     both = ec.merge(jp, on=[S.USER_IDX, "rec_item_idx", "source_rank"], suffixes=("", "_j"))
@@ -285,6 +333,75 @@ def test_influence_job_is_exact_against_spark_factors_and_brute_force(spark, mak
     influence.main(spark, cfg)
     assert lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).count() == len(ec)
     assert lake.read(spark, L.INFLUENCE_USERS).count() == recs[S.USER_IDX].nunique()
+
+
+@pytest.mark.spark
+def test_influence_reads_the_versions_the_run_recorded_and_checks_exactness(
+        spark, make_cfg, capsys):
+    import os
+
+    from pyspark.testing import assertDataFrameEqual
+
+    from common import lake as L
+    from common import schema as S
+    from common.lake import VersionNotReadable
+    from jobs import cli, influence
+
+    cfg, lake, rows = _lake_with_als_run(spark, make_cfg, run_id="pinned")
+    # the exactness guard: above the tolerance the job fails before writing anything
+    with pytest.raises(influence.ExactnessError, match="influence.max_x_rel_err = 0"):
+        influence.main(spark, cfg.with_(**{"influence.max_x_rel_err": 0.0}))
+    assert not lake.exists(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS)
+    capsys.readouterr()
+    assert cli.main(["--lake", cfg.lake, "--set", "influence.max_x_rel_err=0", "--set",
+                     "influence.top_n=2", "influence", "--run-id", "pinned"]) == 2
+    # the stage's own report is one line (earlier lines, if any, are logging's complaints about
+    # handlers bound to a previous test's captured stderr)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("reclake influence: error: run 'pinned': recomputed user vectors")
+    assert "no influence table was written" in last
+    assert not lake.exists(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS)
+    influence.main(spark, cfg)
+    first = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS)
+    first = spark.createDataFrame(first.toPandas(), first.schema)
+    # a new split after training (other users' test rows, every row's weight changed) does not
+    # change the run's influence: the job reads gold/splits as the run saw it
+    pinned = lake.read(spark, L.GOLD_SPLITS).inputFiles()
+    resplit = [(p, "train" if s == "test" else s, u, i, 2 * c, ts, 2 * v, 2 * b)
+               for p, s, u, i, c, ts, v, b in rows]
+    lake.write(_splits_frame(spark, resplit), L.GOLD_SPLITS, partition_by=[S.PROTOCOL])
+    influence.main(spark, cfg)
+    assertDataFrameEqual(lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS), first,
+                         checkRowOrder=False, rtol=0, atol=0)
+    # the pinned version gone (VACUUM removed its files): a clear error naming it
+    for f in pinned:
+        os.remove(f.removeprefix("file:"))
+    with pytest.raises(VersionNotReadable, match="gold/splits version 0 .*recorded by run"):
+        influence.main(spark, cfg)
+
+
+@pytest.mark.spark
+def test_influence_honours_the_runs_own_recommend_settings(spark, make_cfg):
+    """A run trained with exclude_seen=false and k=4, explained under a config that says
+    exclude_seen=true and k=2: the leaves check uses the run's settings (seen items are
+    candidates, K=4)."""
+    from common import lake as L
+    from common import schema as S
+    from jobs import influence
+
+    cfg, lake, rows = _lake_with_als_run(spark, make_cfg, run_id="with-seen",
+                                         recommend__exclude_seen=False)
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).toPandas()
+    train = {(u, i) for _, s, u, i, *_ in rows if s == "train"}
+    assert any((u, i) in train for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX], strict=True))
+    now = cfg.with_(**{"recommend.exclude_seen": True, "recommend.k": 2})
+    ex = influence.explain_run(spark, lake, cfg=now, run_id="with-seen")
+    assert (ex.settings.k, ex.settings.exclude_seen) == (4, False)
+    influence.main(spark, now)
+    ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).toPandas()
+    checked, leaves = _brute_force_checks(ec, rows, _item_factors(spark, lake), k=4,
+                                          exclude_seen=False)
+    assert checked > 50 and 0 < leaves < checked
 
 
 def _kernel_rows(rng, behaviors, leaves=True):
