@@ -66,7 +66,10 @@ ALL_TABLES: tuple[str, ...] = (
     INFLUENCE_BEHAVIOR_TYPE,
     INFLUENCE_ITEMS,
     INFLUENCE_USERS,
+    INFLUENCE_BEHAVIOR_SHAPLEY,
 )
+# tables the demo does not write (the ablation is not part of it)
+NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY,)
 
 
 def _is_uri(p: str) -> bool:
@@ -80,8 +83,8 @@ class Lake:
         self.root = root if _is_uri(root) else os.path.abspath(root)
 
     def path(self, table: str) -> str:
-        if table not in ALL_TABLES and not table.startswith(("models/", "metrics/", "influence/", "gold/")):
-            raise KeyError(f"unknown lake table '{table}'")
+        if table not in ALL_TABLES and table != MODELS_ALS_MODEL:
+            raise KeyError(f"unknown lake table '{table}' (the catalogue: {', '.join(ALL_TABLES)})")
         return f"{self.root.rstrip('/')}/{table}"
 
     def exists(self, spark: SparkSession, table: str) -> bool:
