@@ -6,14 +6,14 @@ and the job's time per user as the number of users grows 4x.
 
 Data as in ``bench_als.py`` (generated implicit feedback, Zipf items, taste clusters), at the full
 size and at a quarter of the users (same items and activity per user). On each: one ALS run
-(``--rank``, ``--iters``) with top-10 for every user, then ``jobs.influence.main`` explains every
-recommendation (all contributions, behaviour parts, exact leave-one-out deltas, leaves-top-K
-checks, four aggregate tables). Its wall time per explained recommendation is compared with
-``implicit.cpu.als.AlternatingLeastSquares.explain`` on the same factors and confidences (its
-Cholesky factor reused across a user's recommendations, as its docs advise) over a sample of
-users (5,000 users, the median of 3 loops); the first few answers are checked to be the same
-numbers. Then the job's lake I/O floor: the per-user grouping and the event_contributions write
-alone, with no maths.
+(``reclake fit --model als``, ``--rank``, ``--iters``) with top-10 for every user, then
+``jobs.influence.main`` explains every recommendation (all contributions, behaviour parts, exact
+leave-one-out deltas, leaves-top-K checks, four aggregate tables). Its wall time per explained
+recommendation is compared with ``implicit.cpu.als.AlternatingLeastSquares.explain`` on the same
+factors and confidences (its Cholesky factor reused across a user's recommendations, as its docs
+advise) over a sample of users (5,000 users, the median of 3 loops); the first few answers are
+checked to be the same numbers. Then the job's lake I/O floor: the per-user grouping and the
+event_contributions write alone, with no maths.
 
 Targets: implicit / reclake time per recommendation >= 10; reclake's time per user at the full
 size within ±20% of the quarter size. The last line, ``BENCH_INFLUENCE_RESULT {json}``, holds
@@ -36,7 +36,7 @@ from common import schema as S
 from common.config import load_config
 from common.lake import Lake
 from common.spark import get_spark
-from jobs import als, influence
+from jobs import fit, influence
 
 RESULT_PREFIX = "BENCH_INFLUENCE_RESULT "
 
@@ -154,10 +154,10 @@ def one_size(spark, a, users, interactions, work: Path) -> dict:
     cfg = load_config(values={
         "lake": str(work / f"lake-{users}"), "spark.driver_memory": a.driver_memory,
         "als.rank": a.rank, "als.max_iter": a.iters, "als.save_model": False,
-        "run.run_id": f"inf-{users}", "run.dataset": "generated"})
+        "run.model": "als", "run.run_id": f"inf-{users}", "run.dataset": "generated"})
     shutil.rmtree(cfg.lake, ignore_errors=True)
     pairs = build(spark, cfg, users, a.items, interactions)
-    rec = als.main(spark, cfg)
+    rec = fit.main(spark, cfg)
     t = time.perf_counter()
     summary = influence.main(spark, cfg)
     secs = time.perf_counter() - t
@@ -167,7 +167,7 @@ def one_size(spark, a, users, interactions, work: Path) -> dict:
            "per_user_ms": 1e3 * secs / n_users, "x_rel_err_max": summary["x_rel_err_max"],
            "kernel_cpu_s": summary["kernel_seconds"],
            "kernel_per_user_ms": 1e3 * summary["kernel_seconds"] / n_users,
-           "als_s": sum(rec["seconds"].values())}
+           "als_s": sum(rec.seconds.values())}
     print(f"{n_users:,} users: influence {secs:.1f}s = {out['per_rec_ms']:.3f} ms/rec, "
           f"{out['per_user_ms']:.2f} ms/user; kernel {summary['kernel_seconds']:.1f} CPU-s = "
           f"{out['kernel_per_user_ms']:.3f} ms/user (x err {summary['x_rel_err_max']:.1e})",
