@@ -10,6 +10,15 @@ type, and the exact leave-one-out change of the score. Float64, inside ``mapInPa
 users, users with the same history length stacked into batched solves; the item factors are broadcast (or, above
 ``influence.broadcast_max_mb``, joined to the rows that need them, without the leaves-top-K check).
 
+The run is read with ``common.runs.read_run`` and every input at the version the run recorded
+(``gold/splits`` it trained on; the factor tables and ``gold/recommendations`` it wrote), so a
+later ``split`` or fit changes nothing here; its own ``als.*`` / ``recommend.*`` params (alpha,
+reg, ``recommend.k``, ``recommend.exclude_seen``) drive the maths. Layers: :func:`explain_run`
+(Spark, one run) -> :func:`explain_user_rows` (``mapInPandas``) -> :func:`explain_pandas` (a
+pandas batch) -> ``common.influence.explain_users_batch`` (the kernel, a stack of users). Before
+any write, recomputed user vectors must match the stored factors within
+``influence.max_x_rel_err`` (else :class:`ExactnessError`: one line, exit 2, nothing written).
+
 Tables (run_id on every row; re-running a run replaces its rows):
   - ``influence/event_contributions``: per recommendation the ``top_n`` past items with the
     largest |contribution| and one residual row (source_item_idx = -1) holding the rest.
@@ -577,8 +586,8 @@ def format_summary(spark: SparkSession, lake: Lake, run_id: str, top: int = 5,
     items = (lake.read(spark, L.INFLUENCE_ITEMS).where(this_run)
              .orderBy(F.desc("total_contribution")).limit(top).collect())
     ec = lake.read(spark, L.INFLUENCE_EVENT_CONTRIBUTIONS).where(this_run & (F.col(REC_RANK) == 1))
-    first_users = [r[0] for r in ec.select(S.USER_IDX).distinct().orderBy(S.USER_IDX)
-                   .limit(examples).collect()]
+    first_users = [r[0] for r in lake.read(spark, L.INFLUENCE_USERS).where(this_run)
+                   .select(S.USER_IDX).orderBy(S.USER_IDX).limit(examples).collect()]
     ex = (ec.where(F.col(S.USER_IDX).isin(first_users)).orderBy(S.USER_IDX, SOURCE_RANK)
           .collect() if first_users else [])
     item_ids = _source_ids(spark, lake, L.SILVER_ITEM_INDEX, S.ITEM_IDX, S.ITEM_ID,
