@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -15,15 +14,13 @@ from common import lake as L
 from common import schema as S
 from common.config import load_config
 from common.lake import Lake
-from jobs import als, evaluate, ingest, split, transform
+from jobs import evaluate, fit, ingest, split, transform
 
 pytestmark = [pytest.mark.realdata, pytest.mark.spark, pytest.mark.slow]
 
 
 def _ingest(spark, cfg, fmt, path):
-    c = dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, source_format=fmt,
-                                                            path=str(path)))
-    return ingest.main(spark, c)
+    return ingest.main(spark, cfg.with_(**{"ingest.source_format": fmt, "ingest.path": str(path)}))
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +34,7 @@ def _repo_cfg(name: str, tmp_path, **values):
 
 def _run(cfg, **values):
     """cfg with dotted overrides (section__key=value)."""
-    for key, v in values.items():
-        section, field = key.split("__")
-        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
-                                                                        **{field: v})})
-    return cfg
+    return cfg.with_(**{k.replace("__", "."): v for k, v in values.items()})
 
 
 def _metrics(spark, lake, run_id, target="all"):
@@ -78,7 +71,7 @@ def test_movielens_100k_counts_split_and_als_quality_bar(spark, tmp_path, data_d
     assert got["train"] + got["test"] <= 100_000
     # ALS with the repo config against the popularity baseline, K=10, seen items removed
     for model in ("als", "popularity"):
-        als.main(spark, _run(cfg, run__model=model, run__run_id=f"ml-{model}"))
+        fit.main(spark, _run(cfg, run__model=model, run__run_id=f"ml-{model}"))
         evaluate.main(spark, _run(cfg, run__run_id=f"ml-{model}"))
     m_als, m_pop = _metrics(spark, lake, "ml-als"), _metrics(spark, lake, "ml-popularity")
     print(f"\nML-100K stratified @10: ALS {m_als}\npopularity {m_pop}")
@@ -105,7 +98,7 @@ def test_taobao_sample_counts_and_temporal_als_vs_popularity(spark, tmp_path, da
     split.main(spark, cfg)
     table = {}
     for model in ("als", "popularity"):
-        als.main(spark, _run(cfg, run__model=model, run__run_id=f"tb-{model}"))
+        fit.main(spark, _run(cfg, run__model=model, run__run_id=f"tb-{model}"))
         for target in ("all", "purchase"):
             evaluate.main(spark, _run(cfg, run__run_id=f"tb-{model}", evaluate__target=target))
             table[model, target] = _metrics(spark, lake, f"tb-{model}", target)
