@@ -56,18 +56,18 @@ class StageParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.config_required: list[argparse.Action] = []
 
-    def add_argument(self, *args, **kwargs):
-        config_required = kwargs.get("required") and "." in str(kwargs.get("dest", ""))
-        if config_required:
-            kwargs["required"] = False
-        dest = str(kwargs.get("dest", ""))
-        if "." in dest and "metavar" not in kwargs and kwargs.get("action", "store") in (
-                "store", "append"):
-            kwargs["metavar"] = dest.rsplit(".", 1)[-1].upper()  # RUN_ID, not RUN.RUN_ID
-        action = super().add_argument(*args, **kwargs)
-        if config_required:
-            self.config_required.append(action)
-        return action
+    def adopt_config_flags(self) -> None:
+        """Once the stage's arguments are added (argument groups included): a config-key flag
+        with ``required=True`` is enforced after config merging instead of by argparse, and a
+        value flag without a metavar shows its key's last part (``RUN_ID``, not ``RUN.RUN_ID``)."""
+        for action in self._actions:  # argparse keeps every action here, groups' too
+            if "." not in action.dest:
+                continue
+            if action.required:
+                action.required = False
+                self.config_required.append(action)
+            if action.metavar is None and action.nargs != 0:
+                action.metavar = action.dest.rsplit(".", 1)[-1].upper()
 
     def _shown_required(self, fmt):
         for a in self.config_required:
@@ -135,6 +135,7 @@ def _add_stage_parser(sub, name: str):
     sp = sub.add_parser(name, help=first_sentence(module.__doc__),
                         description=_first_paragraph(module.__doc__))
     module.add_arguments(sp)
+    sp.adopt_config_flags()
     _add_global_options(sp, after_stage=True)
     sp.set_defaults(_required=_required(sp))
     return module
@@ -220,16 +221,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return execute(module, cfg)
 
 
-def run_stage(stage: str, argv: Sequence[str] | None = None) -> int:
-    """Entry for ``spark-submit jobs/<stage>.py [global and stage flags]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def stage_parser(stage: str) -> StageParser:
+    """The parser of ``spark-submit jobs/<stage>.py``: global and stage flags in any order."""
     module = importlib.import_module(STAGES[stage])
     parser = _global_parser()
     parser.prog = f"jobs/{stage}.py"
     parser.description = _first_paragraph(module.__doc__)
     module.add_arguments(parser)
+    parser.adopt_config_flags()
     parser.set_defaults(_required=_required(parser))
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def run_stage(stage: str, argv: Sequence[str] | None = None) -> int:
+    """Entry for ``spark-submit jobs/<stage>.py [global and stage flags]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = importlib.import_module(STAGES[stage])
+    ns = stage_parser(stage).parse_args(argv)
     try:
         cfg = config_from_namespace(ns)
     except ConfigError as e:

@@ -139,13 +139,15 @@ def test_help_lines_are_whole_sentences_and_metavars_read_well():
 def test_required_config_flag_is_shown_required_and_satisfied_by_config():
     p = cli.StageParser(prog="x")
     p.add_argument("--run-id", dest="run.run_id", default=None, required=True)
-    p.add_argument("--k", dest="evaluate.k", default=None)
+    p.add_argument_group("evaluation").add_argument("--k", dest="evaluate.k", default=None,
+                                                    required=True)
+    p.adopt_config_flags()
     usage = p.format_usage()
-    assert "--run-id RUN_ID" in usage and "[--run-id" not in usage and "[--k K]" in usage
+    assert "--run-id RUN_ID --k K" in usage and "[--run-id" not in usage
     cli._add_global_options(p)
     p.set_defaults(_required=cli._required(p))
     with pytest.raises(ConfigError, match=r"--run-id is required \(or set run.run_id"):
-        cli.config_from_namespace(p.parse_args([]))
+        cli.config_from_namespace(p.parse_args(["--k", "5"]))
     assert cli.config_from_namespace(p.parse_args(["--run-id", "r1"])).run.run_id == "r1"
     assert cli.config_from_namespace(
         p.parse_args(["--set", "run.run_id=r2"])).run.run_id == "r2"
