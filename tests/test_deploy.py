@@ -281,10 +281,25 @@ def fake_repo(tmp_path: Path) -> Path:
         "jobs/sources/__init__.py",
         "jobs/sources/taobao.py",
         "jobs/__pycache__/cli.cpython-311.pyc",
+        "jobs/helper.py",  # a module under jobs/ that is not an entry point
     ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(f"# {rel}\n")
+    (tmp_path / "jobs/ingest.py").write_text(
+        'if __name__ == "__main__":\n    sys.exit(run_stage("ingest"))\n')
     return tmp_path
+
+
+@pytest.mark.parametrize("how", ["before", "after"])
+def test_submit_dry_run_flag_is_like_the_env_var(fake_repo: Path, how: str):
+    script = fake_repo / "deploy/spark/submit.sh"
+    flags = ["--source-format", "taobao", "--path", "x"]
+    args = ["--dry-run", "ingest", *flags] if how == "before" else ["ingest", "--dry-run", *flags]
+    r = _run(script, *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == _run(script, "ingest", *flags, DRY_RUN="1").stdout
+    _assert_submit_command(shlex.split(r.stdout), "ingest", flags)
+    assert not (fake_repo / "build").exists(), "--dry-run must not build anything"
 
 
 def test_submit_dry_run_prints_command(fake_repo: Path, tmp_path: Path):
@@ -359,13 +374,16 @@ def test_submit_runs_spark_submit_with_deps_zip(fake_repo: Path, tmp_path: Path)
     assert not any(n.startswith("deploy/") for n in names)
 
 
-@pytest.mark.parametrize("stage", ["nosuchstage", "cli", "__init__", "_private", "../jobs/ingest"])
+@pytest.mark.parametrize(
+    "stage", ["nosuchstage", "cli", "__init__", "_private", "../jobs/ingest", "helper", "sources"]
+)
 def test_submit_unknown_stage_fails_with_usage(fake_repo: Path, stage: str):
     r = _run(fake_repo / "deploy/spark/submit.sh", stage, "--path", "x", DRY_RUN="1")
     assert r.returncode != 0
     assert "usage:" in r.stderr
-    assert "unknown stage" in r.stderr
-    assert "ingest" in r.stderr  # lists the stages that do exist
+    assert f"unknown stage '{stage}': not a spark-submit entry point" in r.stderr
+    assert "valid stages: ingest" in r.stderr  # lists the stages that do exist, only those
+    assert "helper" not in r.stderr.replace(f"'{stage}'", "")
     assert r.stdout == ""
 
 
@@ -379,3 +397,133 @@ def test_submit_without_stage_prints_usage(fake_repo: Path):
     assert r.returncode != 0 and "usage:" in r.stderr
     r = _run(fake_repo / "deploy/spark/submit.sh", "--help")
     assert r.returncode == 0 and "usage:" in r.stderr
+
+
+# --- what the deploy folder names exists ------------------------------------------------------
+# Every stage, module and flag that a script, manifest or the deploy README names must exist:
+# stages are spark-submit entry points of the CLI, modules import, flags parse.
+
+
+def _submit_stages() -> list[str]:
+    r = _run(SUBMIT, "--help")
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("stages:")]
+    return line.split(":", 1)[1].split()
+
+
+def _entry_point_stage(rel_script: str) -> str:
+    """``jobs/ingest.py`` -> ``ingest``, checked to be a CLI stage whose file hands over to it."""
+    m = re.fullmatch(r"jobs/([a-z_]+)\.py", rel_script)
+    assert m, f"{rel_script} is not a jobs/STAGE.py script"
+    stage = m.group(1)
+    path = ROOT / rel_script
+    assert path.is_file(), f"{rel_script} does not exist"
+    from jobs import cli
+
+    assert stage in cli.STAGES, f"{stage} is not a reclake stage {sorted(cli.STAGES)}"
+    assert re.search(rf"run_stage\([\"']{stage}[\"']\)", path.read_text()), (
+        f"{rel_script} is not a spark-submit entry point (no run_stage('{stage}'))")
+    return stage
+
+
+def _parses(stage: str | None, args: list[str]) -> None:
+    """The flags parse, and give a valid config: `stage` None means a `reclake ...` line."""
+    from jobs import cli
+
+    try:
+        if stage is None:
+            _, ns = cli.parse(args)
+        else:
+            ns = cli.stage_parser(stage).parse_args(args)
+    except SystemExit as e:
+        pytest.fail(f"{'reclake' if stage is None else stage} {shlex.join(args)}: flags do not "
+                    f"parse (exit {e.code})")
+    cli.config_from_namespace(ns)
+
+
+def test_submit_lists_exactly_the_cli_entry_points():
+    from jobs import cli
+
+    listed = _submit_stages()
+    assert "ingest" in listed and "cli" not in listed
+    for stage in listed:
+        assert _entry_point_stage(f"jobs/{stage}.py") == stage
+    # and every CLI stage with a jobs/STAGE.py entry point is listed (packages such as
+    # jobs/generate/ run through `reclake` only)
+    for stage, module in cli.STAGES.items():
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if path.is_file() and module == f"jobs.{stage}":
+            assert stage in listed, stage
+
+
+def test_spark_application_runs_an_entry_point_with_flags_that_parse():
+    spec = _one("spark/k8s/spark-reclake-job.yaml")["spec"]
+    main = spec["mainApplicationFile"]
+    assert main.startswith("local:///opt/reclake/")
+    stage = _entry_point_stage(main.removeprefix("local:///opt/reclake/"))
+    _parses(stage, spec["arguments"])
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) of every `deploy/spark/submit.sh ...` and `reclake ...` command written in the
+    deploy folder (README, script and manifest comments), continuation lines joined."""
+    out = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file() or path.suffix not in (".md", ".sh", ".yaml", ".yml", ""):
+            continue
+        text = re.sub(r"\\\n\s*#?\s*", " ", path.read_text())
+        for line in text.splitlines():
+            line = line.strip().lstrip("#").strip().split("  #")[0]
+            try:
+                argv = shlex.split(line)
+            except ValueError:
+                continue  # prose with an apostrophe
+            while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
+                argv = argv[1:]  # SPARK_MASTER=... deploy/spark/submit.sh ...
+            if not argv or argv[0] not in ("deploy/spark/submit.sh", "reclake") or len(argv) < 2:
+                continue
+            if argv[0] == "reclake" and not any(a.startswith("--") for a in argv[1:]):
+                continue  # prose ("reclake image for ..."), not a command with flags
+            if any(a.startswith("[") or a in ("STAGE", "...") or a.endswith("...") for a in argv):
+                continue  # a usage line with placeholders, not a command
+            out.append((path.relative_to(ROOT).as_posix(), argv))
+    return out
+
+
+def test_documented_commands_name_real_stages_and_flags():
+    commands = _documented_commands()
+    submits = [argv for _, argv in commands if argv[0] == "deploy/spark/submit.sh"]
+    assert len(submits) >= 5, commands  # the README's examples were found
+    for where, argv in commands:
+        args = [a for a in argv[1:] if a != "--dry-run"]
+        if argv[0] == "reclake":
+            _parses(None, args)
+        else:
+            stage, flags = args[0], args[1:]
+            assert stage in _submit_stages(), f"{where}: {shlex.join(argv)}: no stage {stage}"
+            _parses(stage, flags)
+
+
+def _python_modules() -> list[tuple[str, str]]:
+    """(file, module) of every `python -m MODULE` in the deploy folder (pip excepted)."""
+    found = set()
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file():
+            for mod in re.findall(r"python3? -m ([A-Za-z_][\w.]*)", path.read_text()):
+                if mod != "pip":
+                    found.add((path.relative_to(ROOT).as_posix(), mod))
+    return sorted(found)
+
+
+# The Ray manifests name a trainer that is not in this release (they say so in their comments).
+# Strict: once raytrain.train exists these pass, and the marker must go.
+_NOT_YET = {"raytrain.train": "raytrain.train lands in a later release (deploy/ray says so)"}
+
+
+@pytest.mark.parametrize("where, module", [
+    pytest.param(w, m, marks=pytest.mark.xfail(strict=True, reason=_NOT_YET[m]))
+    if m in _NOT_YET else (w, m)
+    for w, m in _python_modules()
+])
+def test_python_modules_named_in_deploy_exist(where: str, module: str):
+    assert importlib.util.find_spec(module.split(".")[0]) is not None, f"{where}: {module}"
+    assert importlib.util.find_spec(module) is not None, f"{where}: no module {module}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one reclake stage through spark-submit.
 #
-#   deploy/spark/submit.sh STAGE [global and stage flags...]
+#   deploy/spark/submit.sh [--dry-run] STAGE [global and stage flags...]
 #   deploy/spark/submit.sh ingest --lake ./lake --source-format taobao --path data/UserBehavior.csv
 #   SPARK_MASTER=spark://head:7077 deploy/spark/submit.sh transform --lake s3a://bucket/lake
 #
@@ -23,6 +23,10 @@
 #                      spark-submit on PATH, then the repo's .venv/bin/spark-submit)
 #   PYTHON             interpreter that builds the zip (default: .venv/bin/python, then python3)
 #   DRY_RUN=1          print the command (shell-quoted) instead of building the zip and running it
+#                      (same as --dry-run before or right after STAGE)
+#
+# STAGE must be a spark-submit entry point: a jobs/STAGE.py that ends with
+# `sys.exit(run_stage("STAGE"))` (not cli.py, a private _module or a helper package).
 #
 # Paths are absolute, so it runs from any directory; relative --lake / --path values are taken
 # relative to the directory you run it from.
@@ -31,6 +35,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PROG="deploy/spark/submit.sh"
 
+# the spark-submit entry points: jobs/NAME.py whose __main__ hands over to run_stage("NAME")
 stages() {
     local f name
     for f in "$ROOT"/jobs/*.py; do
@@ -38,26 +43,31 @@ stages() {
         name="$(basename "$f" .py)"
         case "$name" in
             __init__ | cli | _*) ;;
-            *) printf '%s\n' "$name" ;;
+            *) grep -qE "run_stage\([\"']$name[\"']" "$f" && printf '%s\n' "$name" ;;
         esac
     done
+    return 0
 }
 
 usage() {
     local known
     known="$(stages | tr '\n' ' ')"
     cat >&2 <<USAGE
-usage: $PROG STAGE [flags...]
+usage: $PROG [--dry-run] STAGE [flags...]
 
 Runs spark-submit on jobs/STAGE.py; flags are passed to the stage unchanged
 (global: --lake PATH --config FILE --set key=value; then the stage's own flags).
 
 stages: ${known:-<none found under $ROOT/jobs>}
 env:    SPARK_MASTER (local[2]), DELTA_VERSION (4.4.0), EXTRA_PACKAGES, SPARK_SUBMIT_ARGS,
-        SPARK_SUBMIT, DRY_RUN=1 (print the command, run nothing)
+        SPARK_SUBMIT, DRY_RUN=1 or --dry-run (print the command, run nothing)
 USAGE
 }
 
+if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+fi
 if [[ $# -lt 1 ]]; then
     echo "$PROG: missing STAGE" >&2
     usage
@@ -74,9 +84,14 @@ STAGE="$1"
 shift
 KNOWN_STAGES="$(stages)"
 if [[ ! "$STAGE" =~ ^[A-Za-z0-9_]+$ ]] || ! grep -qxF -- "$STAGE" <<<"$KNOWN_STAGES"; then
-    echo "$PROG: unknown stage '$STAGE'" >&2
+    echo "$PROG: unknown stage '$STAGE': not a spark-submit entry point; valid stages:" \
+        "$(tr '\n' ' ' <<<"$KNOWN_STAGES")" >&2
     usage
     exit 2
+fi
+if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
 fi
 
 DELTA_VERSION="${DELTA_VERSION:-4.4.0}"
