@@ -10,6 +10,7 @@ names the full dotted key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -218,6 +219,69 @@ class InfluenceConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Ray Train for the deep models (``reclake train --model ncf|sasrec|lightgcn``)."""
+
+    epochs: int = 20
+    batch_size: int = 1024  # examples per worker step (sequences for sasrec)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 42
+    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    patience: int = 3  # epochs without a better validation NDCG@eval_k before stopping; 0: off
+    eval_k: int = 10  # K of the validation NDCG that picks the best epoch
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used only with use_gpu
+    amp: str = "auto"  # auto (bf16 where the GPU has it, else fp16; off on CPU) | bf16 | fp16 | off
+    address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: local
+    num_cpus: int | None = None  # local Ray only: CPUs to start it with (default: all)
+    storage_path: str | None = None  # checkpoints; default <lake>/_ray_results (any pyarrow URI)
+    max_failures: int = 0  # worker-group restarts from the last checkpoint
+    keep_checkpoints: int = 2  # checkpoints kept per run (the best one always)
+    prefetch_batches: int = 2
+    score_batch: int = 512  # users scored at once for validation and the final top-K
+    # fault injection (tests): "RANK:EPOCH" makes that rank raise once in that epoch
+    fail_at: str | None = None
+
+
+@dataclass(frozen=True)
+class NcfConfig:
+    """NeuMF (He et al. 2017): GMF + MLP, BCE over sampled negatives."""
+
+    dim_gmf: int = 32
+    dim_mlp: int = 32
+    layers: tuple[int, ...] = (64, 32, 16)
+    dropout: float = 0.0
+    negatives: int = 4  # sampled negatives per positive, per epoch
+
+
+@dataclass(frozen=True)
+class SasrecConfig:
+    """SASRec (Kang & McAuley 2018) with a behaviour-type embedding."""
+
+    max_len: int = 50
+    dim: int = 64
+    heads: int = 2
+    blocks: int = 2
+    dropout: float = 0.2
+    loss: str = "full"  # full (softmax over the catalogue) | sampled
+    negatives: int = 100  # sampled softmax: uniform negatives per position
+    target: str = "all"  # next item of any behaviour, or of one behaviour (e.g. purchase)
+    behavior_embedding: bool = True  # off: the sequence carries items and positions only
+
+
+@dataclass(frozen=True)
+class LightgcnConfig:
+    """LightGCN (He et al. 2020): BPR over symmetric-normalised propagation."""
+
+    dim: int = 64
+    layers: int = 3
+    reg: float = 1e-4  # L2 on the batch's layer-0 embeddings
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -232,6 +296,10 @@ class Config:
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ncf: NcfConfig = field(default_factory=NcfConfig)
+    sasrec: SasrecConfig = field(default_factory=SasrecConfig)
+    lightgcn: LightgcnConfig = field(default_factory=LightgcnConfig)
 
     def with_(self, **overrides: Any) -> Config:
         """A copy with dotted keys replaced, typed and validated like a loaded config::
@@ -484,11 +552,39 @@ def validate(cfg: Config) -> None:
             f"influence.max_x_rel_err must be >= 0, got {cfg.influence.max_x_rel_err}")
     if cfg.influence.ablation_target not in vocab:
         raise ConfigError(f"influence.ablation_target must be a known behaviour {sorted(vocab)}")
+    _validate_train(cfg, vocab)
     if cfg.evaluate.target != "all" and cfg.evaluate.target not in vocab:
         raise ConfigError(
             f"evaluate.target must be 'all' or a known behaviour {sorted(vocab)}, "
             f"got {cfg.evaluate.target!r}"
         )
+
+
+def _validate_train(cfg: Config, vocab: set[str]) -> None:
+    t = cfg.train
+    for key in ("epochs", "batch_size", "num_workers", "eval_k", "score_batch"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"train.amp must be auto|bf16|fp16|off, got {t.amp!r}")
+    if t.lr <= 0 or t.cpus_per_worker <= 0 or t.gpus_per_worker <= 0:
+        raise ConfigError("train.lr, train.cpus_per_worker and train.gpus_per_worker must be > 0")
+    if t.fail_at is not None and not re.fullmatch(r"\d+:\d+", t.fail_at):
+        raise ConfigError(f"train.fail_at must look like RANK:EPOCH (e.g. 1:2), got {t.fail_at!r}")
+    if cfg.sasrec.loss not in ("full", "sampled"):
+        raise ConfigError(f"sasrec.loss must be full|sampled, got {cfg.sasrec.loss!r}")
+    if cfg.sasrec.target != "all" and cfg.sasrec.target not in vocab:
+        raise ConfigError(
+            f"sasrec.target must be 'all' or a known behaviour {sorted(vocab)}, "
+            f"got {cfg.sasrec.target!r}")
+    if cfg.sasrec.dim % cfg.sasrec.heads:
+        raise ConfigError(f"sasrec.dim ({cfg.sasrec.dim}) must be a multiple of sasrec.heads "
+                          f"({cfg.sasrec.heads})")
+    for key, value in (("ncf.negatives", cfg.ncf.negatives), ("sasrec.max_len", cfg.sasrec.max_len),
+                       ("sasrec.negatives", cfg.sasrec.negatives),
+                       ("lightgcn.layers", cfg.lightgcn.layers + 1)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
 def to_dict(cfg: Config) -> dict:
