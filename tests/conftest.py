@@ -14,6 +14,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "spark" in item.fixturenames and not item.get_closest_marker("spark"):
             item.add_marker(pytest.mark.spark)
+        if "ray_local" in item.fixturenames and not item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,15 @@ def data_dir() -> Path:
     if not p.is_dir():
         pytest.skip(f"RECLAKE_DATA_DIR={d} is not a directory")
     return p
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session (2 CPUs, no dashboard); tests that need Ray take this."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
