@@ -76,7 +76,30 @@ def top_k_dot(
         (counts (b,), items (b, k), scores (b, k)): row u holds ``counts[u]`` valid entries,
         best first; the rest are item -1, score -inf.
     """
-    b = user_factors.shape[0]
+    return _top_k_blocks(
+        lambda start, stop: user_factors @ item_factors[start:stop].T,
+        user_factors.shape[0], item_ids, seen, k, item_block=item_block)
+
+
+def top_k_scores(
+    scores: np.ndarray,
+    item_ids: np.ndarray,
+    seen: list[np.ndarray] | None,
+    k: int,
+    *,
+    item_block: int = 32768,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`top_k_dot` for models that are not a dot product (NeuMF's MLP, a sequence model):
+    ``scores`` (b, n) float32 over the whole catalogue, column j = ``item_ids[j]`` (ascending).
+    Same exclusion, order and output; ``scores`` is not modified."""
+    return _top_k_blocks(lambda start, stop: np.array(scores[:, start:stop], dtype=np.float32),
+                         scores.shape[0], item_ids, seen, k, item_block=item_block)
+
+
+def _top_k_blocks(score_block, b: int, item_ids: np.ndarray, seen, k: int, *,
+                  item_block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shared loop: ``score_block(start, stop)`` gives the (b, stop-start) float32 scores of
+    those catalogue columns (a fresh array: seen cells are overwritten with -inf)."""
     n = item_ids.shape[0]
     best_s = np.full((b, 0), NEG_INF, dtype=np.float32)
     best_i = np.zeros((b, 0), dtype=np.int64)
@@ -94,7 +117,7 @@ def top_k_dot(
         seen_rows = seen_pos = np.zeros(0, dtype=np.int64)
     for start in range(0, n, item_block):
         stop = min(n, start + item_block)
-        scores = user_factors @ item_factors[start:stop].T
+        scores = score_block(start, stop)
         in_block = (seen_pos >= start) & (seen_pos < stop)
         scores[seen_rows[in_block], seen_pos[in_block] - start] = NEG_INF
         s, i = _block_top_k(scores, item_ids[start:stop], k)
