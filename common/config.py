@@ -239,6 +239,7 @@ class TrainConfig:
     num_cpus: int | None = None  # local Ray only: CPUs to start it with (default: all)
     storage_path: str | None = None  # checkpoints; default <lake>/_ray_results (any pyarrow URI)
     max_failures: int = 0  # worker-group restarts from the last checkpoint
+    fresh: bool = False  # discard the run's earlier checkpoints (default: an unfinished run resumes)
     keep_checkpoints: int = 2  # checkpoints kept per run (the best one always)
     prefetch_batches: int = 2
     score_batch: int = 512  # users scored at once for validation and the final top-K
@@ -585,6 +586,13 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
                        ("lightgcn.layers", cfg.lightgcn.layers + 1)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """The inverse of :func:`to_dict` (how a config crosses the Ray boundary and comes back)."""
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

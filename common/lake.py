@@ -27,6 +27,10 @@ GOLD_RECOMMENDATIONS = "gold/recommendations"
 MODELS_ALS_USER_FACTORS = "models/als_user_factors"
 MODELS_ALS_ITEM_FACTORS = "models/als_item_factors"
 MODELS_RUNS = "models/runs"
+# user / item embeddings of a deep-model run (raytrain): run_id, kind (user | item), idx, vector
+MODELS_NCF_EMBEDDINGS = "models/ncf_embeddings"
+MODELS_SASREC_EMBEDDINGS = "models/sasrec_embeddings"
+MODELS_LIGHTGCN_EMBEDDINGS = "models/lightgcn_embeddings"
 METRICS_EVALUATION = "metrics/evaluation"
 INFLUENCE_EVENT_CONTRIBUTIONS = "influence/event_contributions"
 INFLUENCE_BEHAVIOR_TYPE = "influence/behavior_type"
@@ -61,6 +65,9 @@ ALL_TABLES: tuple[str, ...] = (
     MODELS_ALS_USER_FACTORS,
     MODELS_ALS_ITEM_FACTORS,
     MODELS_RUNS,
+    MODELS_NCF_EMBEDDINGS,
+    MODELS_SASREC_EMBEDDINGS,
+    MODELS_LIGHTGCN_EMBEDDINGS,
     METRICS_EVALUATION,
     INFLUENCE_EVENT_CONTRIBUTIONS,
     INFLUENCE_BEHAVIOR_TYPE,
@@ -69,7 +76,8 @@ ALL_TABLES: tuple[str, ...] = (
     INFLUENCE_BEHAVIOR_SHAPLEY,
 )
 # tables the demo does not write (the ablation is not part of it)
-NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY,)
+NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY, MODELS_NCF_EMBEDDINGS,
+                                 MODELS_SASREC_EMBEDDINGS, MODELS_LIGHTGCN_EMBEDDINGS)
 
 
 def _is_uri(p: str) -> bool:

@@ -105,14 +105,31 @@ class Recommender(ABC):
 _REGISTRY: dict[str, str | type[Recommender]] = {
     "als": "jobs.models.als:ALSRecommender",
     "popularity": "jobs.models.popularity:PopularityRecommender",
+    # deep models trained by Ray Train (raytrain/train.py); no Spark in their training path
+    "ncf": "raytrain.recommender:NeuMFRecommender",
+    "sasrec": "raytrain.recommender:SASRecRecommender",
+    "lightgcn": "raytrain.recommender:LightGCNRecommender",
 }
+#: where a model trains: "spark" (fit/recommend on DataFrames inside the fit stage) or "ray"
+#: (the whole run is ``raytrain.train.train_run``; ``reclake fit`` hands over without a JVM)
+SPARK, RAY = "spark", "ray"
+_RUNTIME: dict[str, str] = {"ncf": RAY, "sasrec": RAY, "lightgcn": RAY}
 
 
-def register(name: str, target: str | type[Recommender]) -> None:
+def register(name: str, target: str | type[Recommender], *, runtime: str = SPARK) -> None:
     """Register a model under ``name``: a class, or ``"module:Class"`` imported on first use."""
     if name in _REGISTRY and _REGISTRY[name] != target:
         raise ValueError(f"model {name!r} is already registered as {_REGISTRY[name]!r}")
+    if runtime not in (SPARK, RAY):
+        raise ValueError(f"runtime must be {SPARK!r} or {RAY!r}, got {runtime!r}")
     _REGISTRY[name] = target
+    _RUNTIME[name] = runtime
+
+
+def runtime(name: str) -> str:
+    """``"spark"`` or ``"ray"``: where the registered model ``name`` trains (no import)."""
+    check_name(name)
+    return _RUNTIME.get(name, SPARK)
 
 
 def names() -> list[str]:

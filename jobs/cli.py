@@ -14,7 +14,8 @@ The stage-module protocol:
   ``--set`` (checked once the config is merged, before Spark starts).
 - ``preflight(cfg)`` (optional): checks that need no Spark (a known source format, a path given);
   raise ``ConfigError`` / ``FileNotFoundError`` and the stage stops before the JVM starts.
-- ``main(spark, cfg)``. Modules with ``NEEDS_SPARK = False`` get ``spark=None``.
+- ``main(spark, cfg)``. Modules with ``NEEDS_SPARK = False`` get ``spark=None`` (``NEEDS_SPARK``
+  may also be a function of the config: ``fit`` of a Ray model starts no JVM).
 
 A stage's help line is the first sentence of its module docstring. Bad input (argument, config,
 missing input, an ``InputError`` such as an empty batch under ``fail_on_empty``) ends with one
@@ -41,6 +42,7 @@ STAGES: dict[str, str] = {
     "split": "jobs.split",
     "fit": "jobs.fit",
     "als": "jobs.als",
+    "train": "raytrain.train",
     "evaluate": "jobs.evaluate",
     "influence": "jobs.influence",
     "demo": "jobs.demo",
@@ -181,7 +183,10 @@ def execute(module, cfg) -> int:
         preflight = getattr(module, "preflight", None)
         if preflight is not None:
             preflight(cfg)
-        if not getattr(module, "NEEDS_SPARK", True):
+        needs_spark = getattr(module, "NEEDS_SPARK", True)
+        if callable(needs_spark):
+            needs_spark = needs_spark(cfg)
+        if not needs_spark:
             module.main(None, cfg)
             return 0
         from common.spark import get_spark, stage_checkpoints

@@ -4,7 +4,9 @@
     reclake fit --model popularity --protocol temporal --run-id pop-temporal
     reclake als --run-id als-1          # alias of `reclake fit --model als`
 
-Models (``--model``, the registry in ``common/models.py``): ``als`` (default; Spark MLlib ALS with
+Models (``--model``, the registry in ``common/models.py``): the deep models ``ncf``, ``sasrec`` and
+``lightgcn`` train on Ray (``raytrain/train.py``, the same path as ``reclake train``; no JVM is
+started, the Ray flags come with ``--set train.*``); ``als`` (default; Spark MLlib ALS with
 ``implicitPrefs=True`` on gold's ``confidence``, so behaviour weights flow into the model) and
 ``popularity`` (items ranked by the share of train users who have them: the baseline every model
 is judged against). An unknown name lists the registered ones.
@@ -76,9 +78,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     als.add_argument("--item-blocks", dest="als.num_item_blocks", type=int, default=None,
                      metavar="N")
 
+def NEEDS_SPARK(cfg: Config) -> bool:  # noqa: N802 (the stage protocol's name)
+    """Spark models fit inside this stage; Ray models run ``raytrain.train`` without a JVM."""
+    return models.runtime(cfg.run.model) == models.SPARK
+
+
 def preflight(cfg: Config) -> None:
     """Checks that need no Spark (run before the JVM starts)."""
     models.check_name(cfg.run.model)
+    if models.runtime(cfg.run.model) == models.RAY:
+        from raytrain.train import preflight as ray_preflight
+
+        ray_preflight(cfg)
 
 
 def new_run_id(model: str) -> str:
@@ -186,7 +197,11 @@ def fit_run(spark: SparkSession, cfg: Config) -> RunRecord:
     return record
 
 
-def main(spark: SparkSession, cfg: Config) -> RunRecord:
+def main(spark: SparkSession | None, cfg: Config) -> RunRecord:
+    if models.runtime(cfg.run.model) == models.RAY:
+        from raytrain.train import train_run
+
+        return train_run(cfg)
     return fit_run(spark, cfg)
 
 

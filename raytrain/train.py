@@ -1,0 +1,650 @@
+"""Train a deep recommender (NeuMF, SASRec with behaviour types, LightGCN) with Ray Train.
+
+    reclake train --model ncf --protocol stratified [--run-id R] [--workers 2] [--use-gpu]
+    reclake train --model sasrec --protocol leave_last_out --target purchase
+    reclake train --model lightgcn --address auto          # on an existing Ray cluster
+    reclake fit --model ncf ...                            # the same path
+
+The run reads the lake with Ray Data at table versions pinned when it starts (``gold/splits``,
+``gold/sequences`` for SASRec), recorded in ``models/runs``; no Spark and no JVM are involved.
+Three functions, as in Ray Train's examples:
+
+- :func:`train_loop_per_worker` (module level, so Ray Tune can reuse it through
+  ``param_space["train_loop_config"]``): each worker builds the model, wraps it with
+  ``prepare_model`` (DDP across workers), reads only its shard of the train examples
+  (``get_dataset_shard``), samples negatives / builds sequence windows per epoch, seeded by
+  (seed, epoch, rank), trains with AMP (bf16/fp16) and pinned memory on GPU and gradient clipping,
+  evaluates NDCG@``train.eval_k`` on the valid part (exact full ranking, train items removed;
+  workers score disjoint user slices and sum), reports loss, validation metrics and samples/s, and
+  checkpoints every epoch (model, optimiser, scaler, epoch, early-stopping state, best weights).
+  A restarted worker group (``train.max_failures``) resumes from the last checkpoint; so does a
+  re-run of the same ``--run-id`` after the driver died (``--fresh`` starts over).
+- :func:`build_trainer`: the ``TorchTrainer`` from config (``ScalingConfig(num_workers, use_gpu,
+  resources_per_worker)``, ``RunConfig(storage_path, name=run_id, FailureConfig,
+  CheckpointConfig)``). Checkpoints go to ``train.storage_path`` (default
+  ``<lake>/_ray_results``; any pyarrow filesystem URI).
+- :func:`train_run`: the run: pin, read, train, then score every train user with the best epoch's
+  weights (Ray Data ``map_batches``, the model loaded once per actor; exact top-K over the whole
+  catalogue with the user's train items removed, ``common.topk``), and write
+  ``gold/recommendations`` (model, run_id), ``models/<model>_embeddings``, ``metrics/evaluation``
+  (test metrics by ``common.ranking``, the NumPy form of the Spark evaluator's definitions) and the
+  run record. Re-running a run_id replaces its rows.
+
+Memory per worker: the embedding tables (and optimiser state: Adam keeps two more copies), the
+user -> train-items index (4 bytes per train pair), the valid truth of the worker's user slice and,
+for SASRec, the history windows of those users (2 x 4 x max_len bytes each). Train examples
+stream through Ray Data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from common import lake as L
+from common import models
+from common import schema as S
+from common.config import Config, ConfigError, from_dict, to_dict
+from common.lake import Lake
+from common.log import get_logger
+from common.runs import RunRecord
+
+log = get_logger("train")
+NEEDS_SPARK = False
+STATE_FILE = "state.pt"
+DEEP_MODELS = ("ncf", "sasrec", "lightgcn")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", dest="run.model", default=None, metavar="NAME",
+                   help=f"deep model: {' | '.join(DEEP_MODELS)}")
+    p.add_argument("--protocol", dest="split.protocol", default=None, metavar="P",
+                   help=f"gold/splits protocol to train on ({' | '.join(S.PROTOCOLS)})")
+    p.add_argument("--run-id", dest="run.run_id", default=None, metavar="ID",
+                   help="run to write (re-running replaces its rows; an unfinished run resumes "
+                        "from its last checkpoint); generated when absent")
+    p.add_argument("--fresh", dest="train.fresh", action="store_const", const=True, default=None,
+                   help="discard the run's earlier checkpoints instead of resuming from them")
+    p.add_argument("--k", dest="recommend.k", type=int, default=None,
+                   help="recommendations per user (default 10)")
+    g = p.add_argument_group("training (every train.* key also via --set)")
+    g.add_argument("--epochs", dest="train.epochs", type=int, default=None, metavar="N")
+    g.add_argument("--batch-size", dest="train.batch_size", type=int, default=None, metavar="N")
+    g.add_argument("--lr", dest="train.lr", type=float, default=None, metavar="X")
+    g.add_argument("--seed", dest="train.seed", type=int, default=None, metavar="N")
+    g.add_argument("--workers", dest="train.num_workers", type=int, default=None, metavar="N",
+                   help="Ray Train workers (DDP ranks; default 1)")
+    g.add_argument("--use-gpu", dest="train.use_gpu", action="store_const", const=True,
+                   default=None, help="one GPU per worker (train.gpus_per_worker), AMP per "
+                                      "train.amp")
+    g.add_argument("--address", dest="train.address", default=None, metavar="ADDR",
+                   help="existing Ray cluster (auto, ray://host:10001); default: local Ray")
+    g.add_argument("--storage-path", dest="train.storage_path", default=None, metavar="URI",
+                   help="checkpoints (default <lake>/_ray_results)")
+    g.add_argument("--target", dest="sasrec.target", default=None, metavar="B",
+                   help="sasrec: next item of any behaviour (all) or of one (e.g. purchase)")
+
+
+# --- checks before anything starts ------------------------------------------------------------
+
+
+def preflight(cfg: Config) -> None:
+    """Checks that need neither Ray nor the data: a deep model, a possible resource request."""
+    name = cfg.run.model
+    models.check_name(name)
+    if models.runtime(name) != models.RAY:
+        raise ConfigError(
+            f"model {name!r} is not a Ray Train model ({', '.join(DEEP_MODELS)}); train it with "
+            f"`reclake fit --model {name}`")
+    t = cfg.train
+    if cfg.train.address is None:
+        cpus = cfg.train.num_cpus or os.cpu_count() or 1
+        need = t.num_workers * t.cpus_per_worker
+        if need > cpus:
+            raise ConfigError(
+                f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} "
+                f"needs {need:g} CPUs; local Ray has {cpus} (lower them, or pass --address of a "
+                f"larger cluster)")
+        if t.use_gpu:
+            import torch
+
+            have = torch.cuda.device_count()
+            if t.num_workers * t.gpus_per_worker > have:
+                raise ConfigError(
+                    f"train.use_gpu with {t.num_workers} worker(s) x {t.gpus_per_worker:g} GPU "
+                    f"needs {t.num_workers * t.gpus_per_worker:g} GPUs; this machine has {have} "
+                    f"(drop --use-gpu, or pass --address of a GPU cluster)")
+
+
+def _check_cluster(cfg: Config) -> None:
+    """On a cluster: the request fits what the cluster has (Ray would wait for ever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    t = cfg.train
+    need_cpu = t.num_workers * t.cpus_per_worker
+    need_gpu = t.num_workers * t.gpus_per_worker if t.use_gpu else 0
+    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+        raise ConfigError(
+            f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
+            f"the run asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+            f"(train.num_workers, train.cpus_per_worker, train.gpus_per_worker)")
+
+
+# --- the loop on every worker ---------------------------------------------------------------------
+
+
+def amp_dtype(amp: str, device_type: str):
+    """The autocast dtype for ``train.amp`` on this device (None: full precision)."""
+    import torch
+
+    if amp == "off" or (amp == "auto" and device_type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _fault(config: dict, rank: int, epoch: int) -> None:
+    """``train.fail_at = "RANK:EPOCH"``: that rank raises once in that epoch (a marker file under
+    the run's storage folder remembers that it did, so the restarted attempt goes through)."""
+    spec = config.get("fail_at")
+    if not spec:
+        return
+    r, e = (int(x) for x in spec.split(":"))
+    marker = os.path.join(config["fault_dir"], f"fault-{r}-{e}")
+    if rank == r and epoch == e and not os.path.exists(marker):
+        os.makedirs(config["fault_dir"], exist_ok=True)
+        open(marker, "w").close()
+        raise RuntimeError(f"injected fault (train.fail_at={spec}): rank {rank}, epoch {epoch}")
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _to_device(batch: dict, device, pin: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if pin:
+            v = v.pin_memory()
+        out[k] = v.to(device, non_blocking=pin)
+    return out
+
+
+def _ranked(net, batch: dict, users: np.ndarray, data, k: int, exclude_seen: bool):
+    """Exact top-k of ``users`` (scores from ``net.score_users(batch)``): counts, items, scores."""
+    import torch
+
+    from common.topk import top_k_scores
+
+    with torch.no_grad():
+        scores = net.score_users(batch).float().cpu().numpy()
+    seen = data.seen_of(users) if exclude_seen else None
+    return top_k_scores(scores, np.arange(scores.shape[1]), seen, k)
+
+
+def _user_batches(kind: str, users: np.ndarray, history: dict | None, size: int):
+    """(users, batch dict of CPU tensors) for scoring ``users`` in slices of ``size``."""
+    import torch
+
+    for start in range(0, len(users), size):
+        u = users[start:start + size]
+        if kind == "sequence":
+            rows = np.searchsorted(history["user_idx"], u)
+            yield u, {"seq": torch.as_tensor(history["seq"][rows]),
+                      "beh": torch.as_tensor(history["beh"][rows])}
+        else:
+            yield u, {"user_idx": torch.as_tensor(u, dtype=torch.long)}
+
+
+def validation_ndcg(net, kind: str, users: np.ndarray, history, data, *, k: int, device,
+                    size: int, exclude_seen: bool) -> tuple[float, float]:
+    """(sum of per-user NDCG@k, number of users) over ``users`` against the valid truth."""
+    from common import ranking
+
+    total, n = 0.0, 0
+    for u, batch in _user_batches(kind, users, history, size):
+        counts, items, _ = _ranked(net, _to_device(batch, device, False), u, data, k,
+                                   exclude_seen)
+        hits, n_truth = ranking.hit_matrix(u, items, data.valid_indptr, data.valid_indices)
+        ndcg = ranking.per_user_metrics(hits, n_truth, counts > 0, k)["ndcg"]
+        total += float(ndcg.sum())
+        n += len(u)
+    return total, n
+
+
+def _history(shard_or_rows, users: np.ndarray, max_len: int) -> dict:
+    """History windows (sorted by user) of ``users`` from the sequences dataset."""
+    from raytrain import data as D
+
+    want = set(users.tolist())
+    rows: dict[str, list] = {"user_idx": [], "seq": [], "beh": []}
+    for b in shard_or_rows.iter_batches(batch_format="numpy", batch_size=4096):
+        keep = np.isin(b["user_idx"], list(want))
+        for key in rows:
+            rows[key].extend(b[key][keep])
+    order = np.argsort(np.asarray(rows["user_idx"], dtype=np.int64), kind="stable")
+    wins = D.history_windows({k: [v[i] for i in order] for k, v in rows.items()}, max_len)
+    wins["user_idx"] = np.asarray(rows["user_idx"], dtype=np.int64)[order]
+    return wins
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker. ``config``: ``cfg`` (``to_dict`` of the run's Config), ``data``
+    (:class:`raytrain.data.TrainData`), ``fault_dir``, ``fail_at``. Datasets: ``train`` (pairs or
+    sequences, sharded), ``history`` (sequences, whole; SASRec only)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from raytrain import data as D
+    from raytrain.models import build
+
+    cfg = from_dict(config["cfg"])
+    data = config["data"]
+    t, name = cfg.train, cfg.run.model
+    kind = models.get(name).kind
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
+                n_behaviors=len(cfg.vocabulary), graph=data.train_pairs() if kind == "graph"
+                else None)
+    model = ray.train.torch.prepare_model(
+        net, parallel_strategy_kwargs={"broadcast_buffers": False})
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    dtype = amp_dtype(t.amp, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    pin = device.type == "cuda"
+
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad": 0, "history": [],
+             "attempt": 0, "best_model": None}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu",
+                               weights_only=False)
+        if (saved["n_users"], saved["n_items"]) != (data.n_users, data.n_items):
+            raise ConfigError(
+                f"checkpoint of run {cfg.run.run_id!r} has {saved['n_users']} users x "
+                f"{saved['n_items']} items, the data {data.n_users} x {data.n_items}: the lake "
+                f"changed under the run; re-run with --fresh or a new --run-id")
+        net.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        state = {k: saved[k] for k in state}
+        state["attempt"] += 1
+        if rank == 0:
+            log.info("resuming from the checkpoint of epoch %d (attempt %d)", state["epoch"],
+                     state["attempt"])
+
+    valid_users = np.flatnonzero(np.diff(data.valid_indptr) > 0)[rank::world]
+    history = None
+    if kind == "sequence":
+        history = _history(ray.train.get_dataset_shard("history"), valid_users,
+                           cfg.sasrec.max_len)
+        valid_users = history["user_idx"]
+    shard = ray.train.get_dataset_shard("train")
+    target_id = (None if cfg.sasrec.target == "all"
+                 else 1 + list(cfg.vocabulary).index(cfg.sasrec.target))
+
+    for epoch in range(state["epoch"] + 1, t.epochs):
+        t0 = time.perf_counter()
+        rng = D.epoch_rng(t.seed, epoch, rank)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        torch.manual_seed(int(rng.integers(2**62)))  # dropout: per (seed, epoch, rank)
+        model.train()
+        if kind == "sequence":
+            batches = D.sequence_batches(shard, batch_size=t.batch_size,
+                                         max_len=cfg.sasrec.max_len, target_behavior_id=target_id,
+                                         prefetch_batches=t.prefetch_batches,
+                                         local_shuffle_seed=int(rng.integers(2**31)))
+        else:
+            n_neg = cfg.ncf.negatives if kind == "pairs" else 1
+            batches = D.pairs_batches(shard, batch_size=t.batch_size, data=data, n_neg=n_neg,
+                                      rng=rng, prefetch_batches=t.prefetch_batches,
+                                      local_shuffle_seed=int(rng.integers(2**31)))
+        loss_sum, steps, samples = 0.0, 0, 0
+        for batch in batches:
+            if steps == 1:
+                _fault(config, rank, epoch)
+            batch = _to_device(batch, device, pin)
+            with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                enabled=dtype is not None):
+                loss = model(batch, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += float(loss.detach())
+            steps += 1
+            samples += len(next(iter(batch.values())))
+        train_s = time.perf_counter() - t0
+        loss_sum, steps, samples = _all_sum([loss_sum, steps, samples], device)
+        metrics: dict[str, Any] = {
+            "epoch": epoch, "loss": loss_sum / max(steps, 1), "samples": int(samples),
+            "samples_per_s": samples / max(train_s, 1e-9), "epoch_s": train_s,
+            "attempt": state["attempt"]}
+        if data.valid_indptr[-1] > 0:
+            net.eval()
+            total, n = validation_ndcg(net, kind, valid_users, history, data, k=t.eval_k,
+                                       device=device, size=t.score_batch,
+                                       exclude_seen=cfg.recommend.exclude_seen)
+            total, n = _all_sum([total, n], device)
+            metrics[f"valid_ndcg@{t.eval_k}"] = total / max(n, 1)
+            score = metrics[f"valid_ndcg@{t.eval_k}"]
+        else:
+            score = -loss_sum / max(steps, 1)  # no valid part: the lowest train loss is best
+        improved = score > state["best"]
+        if improved:
+            state.update(best=score, best_epoch=epoch, bad=0,
+                         best_model={k: v.detach().cpu().clone()
+                                     for k, v in net.state_dict().items()})
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch
+        state["history"].append({**metrics, "rank0_s": time.perf_counter() - t0})
+        metrics.update(best_epoch=state["best_epoch"], best_score=state["best"])
+        if rank == 0:
+            log.info("epoch %d: loss %.4f%s, %.0f samples/s (%.1fs)", epoch, metrics["loss"],
+                     f", valid ndcg@{t.eval_k} {metrics[f'valid_ndcg@{t.eval_k}']:.4f}"
+                     if f"valid_ndcg@{t.eval_k}" in metrics else "", metrics["samples_per_s"],
+                     train_s)
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({**state, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                            "scaler": scaler.state_dict(), "n_users": data.n_users,
+                            "n_items": data.n_items, "model_name": name},
+                           os.path.join(tmp, STATE_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        if t.patience and state["bad"] >= t.patience:
+            if rank == 0:
+                log.info("early stop after epoch %d: no better validation score for %d epochs "
+                         "(best epoch %d)", epoch, t.patience, state["best_epoch"])
+            break
+
+
+# --- the trainer ------------------------------------------------------------------------------------
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.train.storage_path or f"{Lake(cfg.lake).root.rstrip('/')}/_ray_results"
+
+
+def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str):
+    """The ``TorchTrainer`` of a run (``datasets``: ``train`` sharded across workers, ``history``
+    given whole to every worker)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    store = storage_path(cfg)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "data": data, "fail_at": t.fail_at,
+                           "fault_dir": os.path.join(store, run_id, "_faults")},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_id, storage_path=store,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def load_state(checkpoint_path: str) -> dict:
+    import torch
+
+    return torch.load(os.path.join(checkpoint_path, STATE_FILE), map_location="cpu",
+                      weights_only=False)
+
+
+class Scorer:
+    """Ray Data actor: the best epoch's model, loaded once; a batch of users -> their top-k rows
+    (``user_idx, rank, item_idx, score``)."""
+
+    def __init__(self, checkpoint_path: str, cfg: dict, data, use_gpu: bool):
+        import torch
+
+        from raytrain.models import build
+
+        self.cfg = from_dict(cfg)
+        self.data = data
+        self.kind = models.get(self.cfg.run.model).kind
+        state = load_state(checkpoint_path)
+        self.net = build(self.cfg.run.model, n_users=data.n_users, n_items=data.n_items,
+                         cfg=self.cfg, n_behaviors=len(self.cfg.vocabulary),
+                         graph=data.train_pairs() if self.kind == "graph" else None)
+        self.net.load_state_dict(state["best_model"] or state["model"])
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.net.to(self.device).eval()
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from raytrain import data as D
+
+        users = np.asarray(batch["user_idx"], dtype=np.int64)
+        if self.kind == "sequence":
+            w = D.history_windows({"seq": list(batch["seq"]), "beh": list(batch["beh"])},
+                                  self.cfg.sasrec.max_len)
+            tb = {"seq": torch.as_tensor(w["seq"]), "beh": torch.as_tensor(w["beh"])}
+        else:
+            tb = {"user_idx": torch.as_tensor(users)}
+        tb = {k: v.to(self.device) for k, v in tb.items()}
+        k = self.cfg.recommend.k
+        counts, items, scores = _ranked(self.net, tb, users, self.data, k,
+                                        self.cfg.recommend.exclude_seen)
+        mask = np.arange(k)[None, :] < counts[:, None]
+        return {S.USER_IDX: np.repeat(users, counts).astype(np.int32),
+                S.RANK: np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), items.shape)[mask],
+                S.ITEM_IDX: items[mask].astype(np.int32),
+                S.SCORE: scores[mask].astype(np.float64)}
+
+
+def _init_ray(cfg: Config) -> bool:
+    """``ray.init`` (the one place in the Ray path). Returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": cfg.spark.verbose,
+                          "configure_logging": False}
+    if cfg.train.address:
+        ray.init(address=cfg.train.address, **kw)
+        _check_cluster(cfg)
+    else:
+        ray.init(num_cpus=cfg.train.num_cpus, **kw)
+    return True
+
+
+def train_run(cfg: Config) -> RunRecord:
+    """The whole run of a deep model (see the module docstring). Returns its record."""
+    import pyarrow as pa
+    import ray
+
+    from raytrain import data as D
+    from raytrain import lake_io as IO
+
+    preflight(cfg)
+    from jobs.fit import new_run_id  # the run-id format of every model
+
+    name, protocol = cfg.run.model, cfg.split.protocol
+    run_id = cfg.run.run_id or new_run_id(name)
+    cfg = cfg.with_(**{"run.run_id": run_id})
+    lake = Lake(cfg.lake)
+    model_cls = models.get(name)
+    kind = model_cls.kind
+    print(f"run_id: {run_id}  (model={name}, protocol={protocol}, "
+          f"workers={cfg.train.num_workers}, gpu={cfg.train.use_gpu})")
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    started = _init_ray(cfg)
+    secs["ray_start"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        tables = [L.GOLD_SPLITS] + ([L.GOLD_SEQUENCES] if kind == "sequence" else [])
+        versions = D.pin_versions(lake, tables)
+        data, pairs = D.load_train_data(lake, cfg, versions)
+        datasets = {"train": pairs}
+        if kind == "sequence":
+            seqs = D.load_sequences(lake, cfg, versions, data).materialize()
+            datasets = {"train": seqs, "history": seqs}
+        secs["load"] = time.perf_counter() - t0
+        if cfg.train.fresh:
+            shutil.rmtree(os.path.join(storage_path(cfg), run_id), ignore_errors=True)
+        t0 = time.perf_counter()
+        result = build_trainer(cfg, data, datasets, run_id=run_id).fit()
+        secs["fit"] = time.perf_counter() - t0
+        if result.error:
+            raise result.error
+        if result.checkpoint is None:
+            raise ConfigError(f"run {run_id!r} reported no checkpoint (no epoch finished)")
+        ckpt_path = result.checkpoint.path
+        state = load_state(ckpt_path)
+        best_epoch = state["best_epoch"]
+        print(f"trained {state['epoch'] + 1} epoch(s) in {secs['fit']:.1f}s; best epoch "
+              f"{best_epoch} ({'valid ndcg@%d' % cfg.train.eval_k if data.valid_indptr[-1] else
+                              'lowest train loss'} {state['best']:.4f})")
+
+        t0 = time.perf_counter()
+        users_ds = (datasets["train"].select_columns([S.USER_IDX, "seq", "beh"])
+                    if kind == "sequence" else
+                    ray.data.from_arrow(pa.table({S.USER_IDX: np.flatnonzero(
+                        np.diff(data.seen_indptr) > 0).astype(np.int64)})))
+        recs_ds = users_ds.map_batches(
+            Scorer, fn_constructor_kwargs={"checkpoint_path": ckpt_path, "cfg": to_dict(cfg),
+                                           "data": data, "use_gpu": cfg.train.use_gpu},
+            batch_size=cfg.train.score_batch, batch_format="numpy",
+            concurrency=max(1, cfg.train.num_workers),
+            num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
+        recs = pa.concat_tables(list(recs_ds.iter_batches(batch_format="pyarrow",
+                                                          batch_size=None)))
+        recs = recs.sort_by([(S.USER_IDX, "ascending"), (S.RANK, "ascending")])
+        secs["recommend"] = time.perf_counter() - t0
+        outputs, evaluation = _write_outputs(cfg, lake, data, recs, ckpt_path, run_id=run_id,
+                                             protocol=protocol)
+        secs["write"] = time.perf_counter() - t0 - secs["recommend"]
+        counts = {"train_pairs": int(data.seen_indptr[-1]), "users": data.n_users,
+                  "items": data.n_items, "recommendation_rows": recs.num_rows,
+                  "epochs_run": state["epoch"] + 1, "best_epoch": best_epoch,
+                  "attempts": state["attempt"] + 1}
+        record = RunRecord(
+            run_id=run_id, model=name, protocol=protocol,
+            dataset=cfg.run.dataset or cfg.ingest.source_format,
+            params=model_cls(cfg).params(), inputs=versions, outputs=outputs,
+            artefacts={"checkpoint": ckpt_path}, counts=counts, seconds=secs)
+        IO.write_run(lake, record)
+        _print_evaluation(evaluation)
+        print(f"run {run_id}: {recs.num_rows:,} recommendations -> "
+              f"{lake.path(L.GOLD_RECOMMENDATIONS)} (run record in {lake.path(L.MODELS_RUNS)})")
+        return record
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _write_outputs(cfg: Config, lake: Lake, data, recs, ckpt_path: str, *, run_id: str,
+                   protocol: str) -> tuple[dict[str, int], list[dict]]:
+    """gold/recommendations, the embeddings, metrics/evaluation; table -> version written."""
+    import pyarrow as pa
+    import torch
+
+    from common import ranking
+    from jobs.evaluate import ALL_TARGETS
+    from raytrain import lake_io as IO
+    from raytrain.models import build
+
+    name = cfg.run.model
+    n = recs.num_rows
+    head = {S.RUN_ID: pa.array([run_id] * n), S.MODEL: pa.array([name] * n),
+            S.PROTOCOL: pa.array([protocol] * n)}
+    table = pa.table({**head, **{c: recs.column(c) for c in (S.USER_IDX, S.RANK, S.ITEM_IDX,
+                                                           S.SCORE)}},
+                     schema=IO.recommendations_schema())
+    where = IO.run_where(run_id)
+    outputs = {L.GOLD_RECOMMENDATIONS: IO.replace_rows(lake, L.GOLD_RECOMMENDATIONS, table,
+                                                       where)}
+    # embeddings of the best epoch
+    model_cls = models.get(name)
+    net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
+                n_behaviors=len(cfg.vocabulary),
+                graph=data.train_pairs() if model_cls.kind == "graph" else None)
+    state = load_state(ckpt_path)
+    net.load_state_dict(state["best_model"] or state["model"])
+    net.eval()
+    with torch.no_grad():
+        emb = net.embeddings()
+    parts = []
+    for kind_, mat in emb.items():
+        mat = mat.float().cpu().numpy()
+        parts.append(pa.table({
+            S.RUN_ID: pa.array([run_id] * len(mat)), "kind": pa.array([kind_] * len(mat)),
+            S.IDX: pa.array(np.arange(len(mat), dtype=np.int32)),
+            "vector": pa.array(list(mat), type=pa.list_(pa.float32()))},
+            schema=IO.embeddings_schema()))
+    outputs[model_cls.embeddings_table] = IO.replace_rows(
+        lake, model_cls.embeddings_table, pa.concat_tables(parts), where)
+    # test metrics, the Spark evaluator's definitions (common/metrics) in NumPy (common/ranking)
+    users = recs.column(S.USER_IDX).to_numpy()
+    uniq, start, counts = np.unique(users, return_index=True, return_counts=True)
+    k = cfg.recommend.k
+    items = np.full((len(uniq), k), -1, dtype=np.int64)
+    ranks = recs.column(S.RANK).to_numpy() - 1
+    items[np.repeat(np.arange(len(uniq)), counts), ranks] = recs.column(S.ITEM_IDX).to_numpy()
+    ks = sorted(set(cfg.evaluate.k))
+    rank_m = ranking.ranking_metrics(uniq, counts, items, data.test_indptr, data.test_indices, ks)
+    cat_m = ranking.catalogue_metrics(items, counts, data.seen_indptr, data.seen_indices, ks)
+    created = IO.utc_now()
+    dataset = cfg.run.dataset or cfg.ingest.source_format
+    rows = [{S.RUN_ID: run_id, S.MODEL: name, S.DATASET: dataset, S.PROTOCOL: protocol,
+             S.TARGET: ALL_TARGETS, S.K: kk, S.METRIC: m, S.VALUE: v, S.CREATED_AT: created}
+            for kk in ks for m, v in {**rank_m[kk], **cat_m[kk]}.items()]
+    outputs[L.METRICS_EVALUATION] = IO.write_evaluation(lake, rows, run_id=run_id,
+                                                        target=ALL_TARGETS)
+    return outputs, rows
+
+
+def _print_evaluation(rows: list[dict]) -> None:
+    from jobs.evaluate import format_table
+
+    print(format_table(rows))
+
+
+def main(spark, cfg: Config) -> RunRecord:
+    return train_run(cfg)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs.cli import run_stage
+
+    sys.exit(run_stage("train"))
