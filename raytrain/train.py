@@ -530,9 +530,10 @@ def train_run(cfg: Config) -> RunRecord:
         ckpt_path = result.checkpoint.path
         state = load_state(ckpt_path)
         best_epoch = state["best_epoch"]
+        by = (f"valid ndcg@{cfg.train.eval_k} {state['best']:.4f}" if data.valid_indptr[-1]
+              else f"lowest train loss {-state['best']:.4f}")
         print(f"trained {state['epoch'] + 1} epoch(s) in {secs['fit']:.1f}s; best epoch "
-              f"{best_epoch} ({'valid ndcg@%d' % cfg.train.eval_k if data.valid_indptr[-1] else
-                              'lowest train loss'} {state['best']:.4f})")
+              f"{best_epoch} ({by})")
 
         t0 = time.perf_counter()
         users_ds = (datasets["train"].select_columns([S.USER_IDX, "seq", "beh"])
