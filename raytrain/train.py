@@ -505,13 +505,14 @@ def train_run(cfg: Config) -> RunRecord:
     print(f"run_id: {run_id}  (model={name}, protocol={protocol}, "
           f"workers={cfg.train.num_workers}, gpu={cfg.train.use_gpu})")
     secs: dict[str, float] = {}
+    # pinned before Ray starts: a missing table is a one-line error without a cluster
+    tables = [L.GOLD_SPLITS] + ([L.GOLD_SEQUENCES] if kind == "sequence" else [])
+    versions = D.pin_versions(lake, tables)
     t0 = time.perf_counter()
     started = _init_ray(cfg)
     secs["ray_start"] = time.perf_counter() - t0
     try:
         t0 = time.perf_counter()
-        tables = [L.GOLD_SPLITS] + ([L.GOLD_SEQUENCES] if kind == "sequence" else [])
-        versions = D.pin_versions(lake, tables)
         data, pairs = D.load_train_data(lake, cfg, versions)
         datasets = {"train": pairs}
         if kind == "sequence":
