@@ -104,7 +104,7 @@ def preflight(cfg: Config) -> None:
             f"model {name!r} is not a Ray Train model ({', '.join(DEEP_MODELS)}); train it with "
             f"`reclake fit --model {name}`")
     t = cfg.train
-    if cfg.train.address is None:
+    if ray_address(cfg) is None:
         cpus = cfg.train.num_cpus or os.cpu_count() or 1
         need = t.num_workers * t.cpus_per_worker
         if need > cpus:
@@ -121,6 +121,12 @@ def preflight(cfg: Config) -> None:
                     f"train.use_gpu with {t.num_workers} worker(s) x {t.gpus_per_worker:g} GPU "
                     f"needs {t.num_workers * t.gpus_per_worker:g} GPUs; this machine has {have} "
                     f"(drop --use-gpu, or pass --address of a GPU cluster)")
+
+
+def ray_address(cfg: Config) -> str | None:
+    """``train.address``, else ``RAY_ADDRESS`` (set inside ``ray job submit`` / a RayJob), else
+    None: start a local Ray."""
+    return cfg.train.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _check_cluster(cfg: Config) -> None:
@@ -477,8 +483,9 @@ def _init_ray(cfg: Config) -> bool:
         return False
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": cfg.spark.verbose,
                           "configure_logging": False}
-    if cfg.train.address:
-        ray.init(address=cfg.train.address, **kw)
+    address = ray_address(cfg)
+    if address:
+        ray.init(address=address, **kw)
         _check_cluster(cfg)
     else:
         ray.init(num_cpus=cfg.train.num_cpus, **kw)
