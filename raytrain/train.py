@@ -611,16 +611,7 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, ckpt_path: str, *, run_i
     net.eval()
     with torch.no_grad():
         emb = net.embeddings()
-    parts = []
-    for kind_, mat in emb.items():
-        mat = mat.float().cpu().numpy()
-        parts.append(pa.table({
-            S.RUN_ID: pa.array([run_id] * len(mat)), "kind": pa.array([kind_] * len(mat)),
-            S.IDX: pa.array(np.arange(len(mat), dtype=np.int32)),
-            "vector": pa.array(list(mat), type=pa.list_(pa.float32()))},
-            schema=IO.embeddings_schema()))
-    outputs[model_cls.embeddings_table] = IO.replace_rows(
-        lake, model_cls.embeddings_table, pa.concat_tables(parts), where)
+    outputs.update(write_embeddings(lake, name, emb, run_id=run_id))
     # test metrics, the Spark evaluator's definitions (common/metrics) in NumPy (common/ranking)
     users = recs.column(S.USER_IDX).to_numpy()
     uniq, start, counts = np.unique(users, return_index=True, return_counts=True)
@@ -639,6 +630,25 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, ckpt_path: str, *, run_i
     outputs[L.METRICS_EVALUATION] = IO.write_evaluation(lake, rows, run_id=run_id,
                                                         target=ALL_TARGETS)
     return outputs, rows
+
+
+def write_embeddings(lake: Lake, model: str, emb: dict, *, run_id: str) -> dict[str, int]:
+    """``models/<model>_embeddings`` rows (run_id, kind, idx, vector) of one run, replaced."""
+    import pyarrow as pa
+
+    from raytrain import lake_io as IO
+
+    table = {"ncf": L.MODELS_NCF_EMBEDDINGS, "sasrec": L.MODELS_SASREC_EMBEDDINGS,
+             "lightgcn": L.MODELS_LIGHTGCN_EMBEDDINGS}[model]
+    parts = []
+    for kind, mat in emb.items():
+        mat = mat.float().cpu().numpy()
+        parts.append(pa.table({
+            S.RUN_ID: pa.array([run_id] * len(mat)), "kind": pa.array([kind] * len(mat)),
+            S.IDX: pa.array(np.arange(len(mat), dtype=np.int32)),
+            "vector": pa.array(list(mat), type=pa.list_(pa.float32()))},
+            schema=IO.embeddings_schema()))
+    return {table: IO.replace_rows(lake, table, pa.concat_tables(parts), IO.run_where(run_id))}
 
 
 def _print_evaluation(rows: list[dict]) -> None:
