@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence reproduce-ml100k reproduce-taobao clean
+.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain reproduce-ml100k reproduce-taobao clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-als: install
 
 bench-influence: install
 	$(BIN)/python tests/benchmarks/bench_influence.py $(BENCH_ARGS)
+
+bench-raytrain: install
+	$(BIN)/python tests/benchmarks/bench_raytrain.py $(BENCH_ARGS)
 
 # The README's real-data figures, one command each (RECLAKE_DATA_DIR: folder with the datasets).
 RECLAKE_DATA_DIR ?= ../shared/data
