@@ -283,6 +283,13 @@ class LightgcnConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """``reclake demo``."""
+
+    deep: bool = True  # also train NeuMF, SASRec and LightGCN on Ray Train (a few minutes on CPU)
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -301,6 +308,7 @@ class Config:
     ncf: NcfConfig = field(default_factory=NcfConfig)
     sasrec: SasrecConfig = field(default_factory=SasrecConfig)
     lightgcn: LightgcnConfig = field(default_factory=LightgcnConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
     def with_(self, **overrides: Any) -> Config:
         """A copy with dotted keys replaced, typed and validated like a loaded config::

@@ -76,8 +76,7 @@ ALL_TABLES: tuple[str, ...] = (
     INFLUENCE_BEHAVIOR_SHAPLEY,
 )
 # tables the demo does not write (the ablation is not part of it)
-NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY, MODELS_NCF_EMBEDDINGS,
-                                 MODELS_SASREC_EMBEDDINGS, MODELS_LIGHTGCN_EMBEDDINGS)
+NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY,)
 
 
 def _is_uri(p: str) -> bool:

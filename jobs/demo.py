@@ -1,5 +1,5 @@
 """Run the whole pipeline on generated data: generate -> ingest -> transform -> split -> ALS and
-popularity -> evaluate -> influence.
+popularity -> deep models on Ray Train -> evaluate -> influence.
 
     reclake demo            # ./demo-data and ./lake
     reclake --lake /tmp/lake demo --events 200000
@@ -11,6 +11,9 @@ The demo trains ALS with ``DEMO_ALS``, settings chosen on a validation part of t
 train split by ``tests/benchmarks/tune_demo_als.py`` (the test split is never looked at); a key
 you set yourself (``--set als.rank=64``) wins over the demo's choice. ``tests/test_demo.py``
 asserts that ALS beats the popularity baseline by a clear margin on the default demo data.
+The deep models (NeuMF, SASRec, LightGCN) train small (``DEMO_DEEP``: a few epochs, 1 Ray Train
+worker) on the same split, so their metrics print beside ALS and popularity; ``--no-deep`` skips
+them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,25 @@ DEMO_ALS: dict[str, object] = {
 }
 
 
+# small and quick on 2 CPU cores (a few minutes for the three); not tuned
+DEMO_DEEP: dict[str, object] = {
+    "train.epochs": 8,
+    "train.batch_size": 1024,
+    "train.lr": 0.005,
+    "train.patience": 0,
+    "train.num_workers": 1,
+    "ncf.dim_gmf": 16,
+    "ncf.dim_mlp": 16,
+    "ncf.layers": [32, 16],
+    "lightgcn.dim": 32,
+    "lightgcn.layers": 2,
+    "sasrec.dim": 32,
+    "sasrec.blocks": 1,
+    "sasrec.max_len": 30,
+}
+DEEP_MODELS: tuple[str, ...] = ("ncf", "sasrec", "lightgcn")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", dest="generate.events", type=int, default=None,
                    help="events to generate (default 100000)")
@@ -49,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{DEMO_DIRTY_RATE} when this is 0 or unset, so quarantine has something "
                         "to show")
     p.add_argument("--out", dest="generate.out", default=None, help="where generated files go")
+    p.add_argument("--no-deep", dest="demo.deep", action="store_const", const=False, default=None,
+                   help="skip the Ray Train models (NeuMF, SASRec, LightGCN)")
 
 
 def demo_config(cfg: Config) -> Config:
@@ -91,6 +115,32 @@ def fit_models(spark: SparkSession, cfg: Config, *, stamp: str,
     return runs
 
 
+def train_deep(cfg: Config, *, stamp: str, models: tuple[str, ...] = DEEP_MODELS) -> list[dict]:
+    """Train each deep model on the stratified split with ``DEMO_DEEP`` (Ray Train, local Ray);
+    returns their ``metrics/evaluation`` rows (the runs write them, test split, target all)."""
+    from raytrain.train import train_run
+
+    deep = cfg.with_(**DEMO_DEEP, **{"split.protocol": "stratified"})
+    rows = []
+    for model in models:
+        print(f"-- {model}")
+        run_cfg = deep.with_(**{"run.model": model, "run.run_id": f"demo-{model}-{stamp}"})
+        train_run(run_cfg)
+        rows += _evaluation_rows(cfg, run_cfg.run.run_id)
+    return rows
+
+
+def _evaluation_rows(cfg: Config, run_id: str) -> list[dict]:
+    from deltalake import DeltaTable
+
+    from common import schema as S
+
+    dt = DeltaTable(Lake(cfg.lake).path(L.METRICS_EVALUATION))
+    df = dt.to_pandas()
+    del dt
+    return df[(df[S.RUN_ID] == run_id) & (df[S.TARGET] == "all")].to_dict("records")
+
+
 def evaluate_runs(spark: SparkSession, cfg: Config, runs: list[Config]) -> list[dict]:
     """``metrics/evaluation`` rows of each run (test split, every test pair relevant), written."""
     lake = Lake(cfg.lake)
@@ -123,9 +173,14 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     a = cfg.als
     print(f"== 5/7 models on the stratified split: ALS (rank {a.rank}, reg_param {a.reg_param}, "
           f"alpha {a.alpha}, max_iter {a.max_iter}) and the popularity baseline")
-    runs = fit_models(spark, cfg, stamp=time.strftime("%Y%m%dT%H%M%S", time.gmtime()))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    runs = fit_models(spark, cfg, stamp=stamp)
     print("== 6/7 evaluate against the test split")
     metric_rows = evaluate_runs(spark, cfg, runs)
+    if cfg.demo.deep:
+        print("== 6b/7 deep models on Ray Train (NeuMF, SASRec, LightGCN; stratified split, "
+              f"{DEMO_DEEP['train.epochs']} epochs each)")
+        metric_rows += train_deep(cfg, stamp=stamp)
     print("== 7/7 influence: which behaviours drive the ALS recommendations")
     influence.main(spark, runs[0])
 

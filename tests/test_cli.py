@@ -55,9 +55,12 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert cli.run_stage("split", ["--lake", str(lake_dir), "--protocol", "temporal"]) == 0
     after = lake.read(spark, L.GOLD_SPLITS).where(F.col("protocol") == "temporal").count()
     assert after == before
-    # the demo trained ALS and popularity and evaluated both
+    # the demo trained ALS, popularity and the three deep models and evaluated all five
     ev = lake.read(spark, L.METRICS_EVALUATION).where("metric = 'ndcg'").toPandas()
-    assert sorted(ev["model"]) == ["als", "popularity"] and ev["value"].between(0, 1).all()
+    assert sorted(ev["model"]) == ["als", "lightgcn", "ncf", "popularity", "sasrec"]
+    assert ev["value"].between(0, 1).all()
+    for model in ("ncf", "sasrec", "lightgcn"):
+        assert f"demo-{model}-" in printed
     assert "ndcg" in printed and "popularity" in printed
     als_run = ev[ev["model"] == "als"]["run_id"].iloc[0]
     recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col("run_id") == als_run)
