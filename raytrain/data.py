@@ -169,7 +169,7 @@ def read_table(lake: Lake, table: str, version: int, *, columns: Sequence[str] |
                                columns=list(columns) if columns is not None else None, **kwargs)
 
 
-# --- the user -> items index ------------------------------------------------------------------------
+# --- the user -> items index ----------------------------------------------------------------------
 
 
 def _rows_of(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray) -> list[np.ndarray]:
@@ -235,8 +235,9 @@ def _index_column(values: np.ndarray, name: str, where: str) -> np.ndarray:
     if values.dtype.kind == "f":
         bad = ~np.isfinite(values) | (values != np.floor(values))
         if bad.any():
-            raise ConfigError(f"{where}: {name} has non-integer values (e.g. {values[bad][0]!r}); "
-                              f"indices must be integers (re-run `reclake transform`)")
+            raise ConfigError(f"{where}: {name} has non-integer values (e.g. "
+                              f"{values[bad][0].item()!r}); indices must be integers (re-run "
+                              f"`reclake transform`)")
     elif values.dtype.kind not in "iu":
         raise ConfigError(f"{where}: {name} is not an integer column (dtype {values.dtype})")
     out = values.astype(np.int64)
@@ -595,7 +596,7 @@ def history_windows(rows: Mapping[str, Any], max_len: int) -> dict[str, np.ndarr
     return out
 
 
-# --- worker-side batches ----------------------------------------------------------------------------
+# --- worker-side batches --------------------------------------------------------------------------
 
 
 def _iter_numpy(shard, *, batch_size: int, prefetch_batches: int,
