@@ -403,7 +403,7 @@ def test_train_sequences_match_the_reference_on_random_data(ray_local, make_cfg)
 # --- worker-side batches --------------------------------------------------------------------------
 
 
-def test_pairs_and_sequence_batches_from_a_plain_dataset(ray_local):
+def test_pairs_and_sequence_batches_from_a_dataset_and_a_data_iterator(ray_local):
     import ray.data
     import torch
 
@@ -431,7 +431,7 @@ def test_pairs_and_sequence_batches_from_a_plain_dataset(ray_local):
         S.USER_IDX: pa.array([0, 1, 2], pa.int32()),
         "seq": pa.array([[1, 2, 3], [4, 5], [6, 7, 8, 9]], pa.list_(pa.int32())),
         "beh": pa.array([[1, 1, 5], [5, 1], [1, 5, 1, 5]], pa.list_(pa.int16()))}))
-    out = list(D.sequence_batches(seqs, batch_size=2, max_len=3, target_behavior_id=5,
+    out = list(D.sequence_batches(seqs.iterator(), batch_size=2, max_len=3, target_behavior_id=5,
                                   local_shuffle_buffer_size=0))
     assert [b["seq"].shape for b in out] == [(2, 3), (1, 3)]
     assert out[0]["seq"].dtype == torch.int64 and out[0]["target_mask"].dtype == torch.bool
