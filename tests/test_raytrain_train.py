@@ -193,3 +193,23 @@ def test_cli_train_unknown_model_and_missing_splits(tmp_path):
     r = run("--model", "ncf", "--set", "train.num_cpus=2")
     assert r.returncode == 2 and "gold/splits" in r.stderr and "reclake split" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_fit_and_train_are_one_path_for_ray_models(make_cfg, tmp_path):
+    """`reclake fit --model ncf` starts no JVM and runs the same preflight and run as train."""
+    import subprocess
+    import sys
+
+    from common import models
+    from jobs import fit
+
+    assert {m: models.runtime(m) for m in ("ncf", "sasrec", "lightgcn", "als", "popularity")} == {
+        "ncf": "ray", "sasrec": "ray", "lightgcn": "ray", "als": "spark", "popularity": "spark"}
+    assert fit.NEEDS_SPARK(make_cfg(run__model="als"))
+    assert not fit.NEEDS_SPARK(make_cfg(run__model="ncf"))
+    with pytest.raises(ConfigError, match="needs 64 CPUs"):
+        fit.preflight(make_cfg(run__model="ncf", train__num_workers=64))
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "--lake", str(tmp_path / "lk"), "fit",
+                        "--model", "lightgcn"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "gold/splits" in r.stderr and "Traceback" not in r.stderr
+    assert "SparkContext" not in r.stderr and "Ivy" not in r.stderr
