@@ -106,12 +106,7 @@ def preflight(cfg: Config) -> None:
     t = cfg.train
     if ray_address(cfg) is None:
         cpus = cfg.train.num_cpus or os.cpu_count() or 1
-        need = t.num_workers * t.cpus_per_worker
-        if need > cpus:
-            raise ConfigError(
-                f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker} "
-                f"needs {need:g} CPUs; local Ray has {cpus} (lower them, or pass --address of a "
-                f"larger cluster)")
+        _check_cpus(t, cpus, "local Ray")
         if t.use_gpu:
             import torch
 
@@ -129,15 +124,27 @@ def ray_address(cfg: Config) -> str | None:
     return cfg.train.address or os.environ.get("RAY_ADDRESS") or None
 
 
+def _check_cpus(t, cpus: float, where: str) -> None:
+    """The workers must leave a CPU for Ray Data's reads and maps (else the run waits for
+    ever)."""
+    need = t.num_workers * t.cpus_per_worker
+    if need + 1 > cpus and not (t.num_workers == 1 and need <= cpus):
+        raise ConfigError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={t.cpus_per_worker:g} "
+            f"needs {need:g} CPUs and Ray Data one more; {where} has {cpus:g} (lower them, e.g. "
+            f"--set train.cpus_per_worker=0.5, or pass --address of a larger cluster)")
+
+
 def _check_cluster(cfg: Config) -> None:
     """On a cluster: the request fits what the cluster has (Ray would wait for ever)."""
     import ray
 
     have = ray.cluster_resources()
     t = cfg.train
+    _check_cpus(t, have.get("CPU", 0), "the Ray cluster")
     need_cpu = t.num_workers * t.cpus_per_worker
     need_gpu = t.num_workers * t.gpus_per_worker if t.use_gpu else 0
-    if need_cpu > have.get("CPU", 0) or need_gpu > have.get("GPU", 0):
+    if need_gpu > have.get("GPU", 0):
         raise ConfigError(
             f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
             f"the run asks for {need_cpu:g} CPUs and {need_gpu:g} GPUs "
@@ -266,6 +273,10 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(config["cfg"])
     data = config["data"]
     t, name = cfg.train, cfg.run.model
+    if not cfg.spark.verbose:  # the epoch lines, not Ray Train's per-report INFO lines
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.WARNING)
     kind = models.get(name).kind
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -373,10 +384,10 @@ def train_loop_per_worker(config: dict) -> None:
         state["history"].append({**metrics, "rank0_s": time.perf_counter() - t0})
         metrics.update(best_epoch=state["best_epoch"], best_score=state["best"])
         if rank == 0:
-            log.info("epoch %d: loss %.4f%s, %.0f samples/s (%.1fs)", epoch, metrics["loss"],
-                     f", valid ndcg@{t.eval_k} {metrics[f'valid_ndcg@{t.eval_k}']:.4f}"
-                     if f"valid_ndcg@{t.eval_k}" in metrics else "", metrics["samples_per_s"],
-                     train_s)
+            valid = metrics.get(f"valid_ndcg@{t.eval_k}")
+            print(f"epoch {epoch}: loss {metrics['loss']:.4f}"
+                  + (f", valid ndcg@{t.eval_k} {valid:.4f}" if valid is not None else "")
+                  + f", {metrics['samples_per_s']:,.0f} samples/s ({train_s:.1f}s)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "model": net.state_dict(), "optimizer": opt.state_dict(),
                             "scaler": scaler.state_dict(), "n_users": data.n_users,
@@ -475,14 +486,30 @@ class Scorer:
                 S.SCORE: scores[mask].astype(np.float64)}
 
 
+def _quiet_ray(verbose: bool) -> None:
+    """Ray Data's progress bars and per-dataset INFO lines only with ``--verbose``."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    for name in ("ray.data", "ray.train", "ray.tune", "ray"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _init_ray(cfg: Config) -> bool:
     """``ray.init`` (the one place in the Ray path). Returns whether this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": cfg.spark.verbose,
-                          "configure_logging": False}
+    _quiet_ray(cfg.spark.verbose)
+    # workers' output reaches the driver (the per-epoch lines); Ray's own logs stay quiet
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                          "configure_logging": cfg.spark.verbose,
+                          "logging_level": "INFO" if cfg.spark.verbose else "WARNING"}
     address = ray_address(cfg)
     if address:
         ray.init(address=address, **kw)
@@ -552,7 +579,7 @@ def train_run(cfg: Config) -> RunRecord:
             Scorer, fn_constructor_kwargs={"checkpoint_path": ckpt_path, "cfg": to_dict(cfg),
                                            "data": data, "use_gpu": cfg.train.use_gpu},
             batch_size=cfg.train.score_batch, batch_format="numpy",
-            concurrency=max(1, cfg.train.num_workers),
+            compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers)),
             num_gpus=cfg.train.gpus_per_worker if cfg.train.use_gpu else 0)
         recs = pa.concat_tables(list(recs_ds.iter_batches(batch_format="pyarrow",
                                                           batch_size=None)))

@@ -83,7 +83,8 @@ def test_ncf_train_writes_lake_and_matches_evaluate(ray_local, spark, make_cfg):
     from jobs import evaluate
     from raytrain.train import train_run
 
-    cfg = _cfg(make_cfg, run__model="ncf", run__run_id="ncf-1", train__num_workers=2)
+    cfg = _cfg(make_cfg, run__model="ncf", run__run_id="ncf-1", train__num_workers=2,
+               train__cpus_per_worker=0.5)
     lake = Lake(cfg.lake)
     train_pairs = _planted_lake(cfg.lake)
     record = train_run(cfg)
@@ -121,8 +122,8 @@ def test_worker_fault_resumes_from_checkpoint(ray_local, make_cfg, tmp_path):
     1 are not repeated) and ends where an uninterrupted run ends."""
     from raytrain.train import load_state, train_run
 
-    common = dict(run__model="lightgcn", train__num_workers=2, train__epochs=4,
-                  train__max_failures=1)
+    common = dict(run__model="lightgcn", train__num_workers=2, train__cpus_per_worker=0.5,
+                  train__epochs=4, train__max_failures=1)
     cfg = _cfg(make_cfg, run__run_id="lg-fault", train__fail_at="1:2", **common)
     _planted_lake(cfg.lake)
     faulty = train_run(cfg)
@@ -163,7 +164,8 @@ def test_sasrec_leave_last_out_trains_and_ranks(ray_local, make_cfg):
 
 @pytest.mark.parametrize("values, message", [
     ({"run.model": "als"}, "not a Ray Train model"),
-    ({"run.model": "ncf", "train.num_workers": 64}, "needs 64 CPUs"),
+    ({"run.model": "ncf", "train.num_workers": 64}, "needs 64 CPUs and Ray Data one more"),
+    ({"run.model": "ncf", "train.num_workers": 2, "train.num_cpus": 2}, "cpus_per_worker=0.5"),
     ({"run.model": "ncf", "train.use_gpu": True}, "GPUs; this machine has 0"),
 ])
 def test_preflight_refuses_bad_requests(make_cfg, values, message):
