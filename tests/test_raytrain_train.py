@@ -144,8 +144,9 @@ def test_worker_fault_resumes_from_checkpoint(ray_local, make_cfg, tmp_path):
 def test_sasrec_leave_last_out_trains_and_ranks(ray_local, make_cfg):
     from raytrain.train import train_run
 
+    # bf16 autocast on CPU: the AMP path of a GPU run, exercised here
     cfg = _cfg(make_cfg, run__model="sasrec", run__run_id="sas-1", split__protocol="leave_last_out",
-               train__epochs=12)
+               train__epochs=12, train__amp="bf16")
     lake = Lake(cfg.lake)
     train_pairs = _planted_lake(cfg.lake)
     record = train_run(cfg)
@@ -181,6 +182,15 @@ def test_preflight_refuses_bad_requests(make_cfg, values, message):
             pytest.skip("this machine has a GPU")
     with pytest.raises(ConfigError, match=message):
         preflight(cfg)
+
+
+def test_amp_dtype_by_device():
+    import torch
+
+    from raytrain.train import amp_dtype
+
+    assert amp_dtype("auto", "cpu") is None and amp_dtype("off", "cuda") is None
+    assert amp_dtype("bf16", "cpu") is torch.bfloat16 and amp_dtype("fp16", "cuda") is torch.float16
 
 
 def test_cli_train_unknown_model_and_missing_splits(tmp_path):
