@@ -211,3 +211,99 @@ def test_sasrec_target_mask_is_honoured():
     with torch.no_grad():
         top = m.score_users({"seq": seq, "beh": torch.ones_like(seq)}).argmax(1).numpy()
     assert (top == (np.arange(10) + 1) % 10).all(), top
+
+
+def test_ncf_score_users_equals_forward_on_every_pair():
+    users = torch.tensor([3, 0, 2])
+    for layers in ([16, 8], []):
+        torch.manual_seed(0)
+        net = build("ncf", n_users=4, n_items=7, cfg=_cfg(**{"ncf.layers": layers})).eval()
+        net.score_pairs = 5  # 1 item per chunk for 3 users: the chunk seams are exercised
+        with torch.no_grad():
+            got = net.score_users({"user_idx": users})
+            want = net(users[:, None].expand(-1, 7).reshape(-1),
+                       torch.arange(7).repeat(3)).view(3, 7)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def _batches():
+    pairs = {"user_idx": torch.tensor([0, 1]), "item_idx": torch.tensor([0, 3]),
+             "neg_items": torch.tensor([[1, 2], [4, 5]])}
+    seq = {"seq": SEQ, "beh": BEH, "target": torch.tensor([[0, 4, 5, 6, 7, 0],
+                                                           [0, 0, 0, 7, 8, 0]])}
+    return {"ncf": pairs, "lightgcn": pairs, "sasrec": seq}
+
+
+@pytest.mark.parametrize("name", ["ncf", "sasrec", "lightgcn"])
+def test_models_run_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    net = build(name, n_users=4, n_items=30, cfg=_cfg(**{"sasrec.negatives": 5}),
+                n_behaviors=6, graph=(np.array([0, 1, 2]), np.array([0, 3, 4])))
+    batch = _batches()[name]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.shape == ()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    net.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = net.score_users(batch)
+    assert scores.dtype == torch.float32 and scores.shape == (2, 30)
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("beh_on", [True, False])
+def test_sasrec_batch_without_targets_is_zero_and_connected(beh_on):
+    m = _sasrec(**{"sasrec.behavior_embedding": beh_on}).train()
+    loss = m({"seq": SEQ, "beh": BEH, "target": torch.zeros_like(SEQ)})
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert [n for n, p in m.named_parameters() if p.grad is None] == []
+
+
+def test_sasrec_sampled_negative_equal_to_the_positive_is_masked():
+    # one item: every negative is the positive, so the softmax holds the positive alone (loss 0;
+    # unmasked it would be log(1 + negatives))
+    torch.manual_seed(0)
+    m = build("sasrec", n_users=0, n_items=1, n_behaviors=6,
+              cfg=_cfg(**{"sasrec.loss": "sampled", "sasrec.negatives": 7})).eval()
+    seq = torch.tensor([[0, 1, 1]])
+    loss = m({"seq": seq, "beh": torch.ones_like(seq), "target": torch.tensor([[0, 1, 1]])},
+             generator=torch.Generator().manual_seed(0))
+    assert abs(float(loss.detach())) < 1e-6
+
+
+def test_sasrec_rejects_sequences_longer_than_max_len():
+    m = _sasrec()
+    with pytest.raises(ValueError, match="max_len"):
+        m.hidden(torch.ones(1, 13, dtype=torch.long), torch.ones(1, 13, dtype=torch.long))
+
+
+def test_ddp_every_parameter_reduced(tmp_path):
+    """Under DistributedDataParallel (gloo, one rank, find_unused_parameters off, buffers
+    broadcast), three loss calls: an unused parameter, or LightGCN's sparse graph broadcast,
+    would raise."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1)
+    try:
+        batches = _batches()
+        for name in ("ncf", "sasrec", "lightgcn"):
+            torch.manual_seed(0)
+            net = build(name, n_users=4, n_items=30, cfg=_cfg(**{"sasrec.loss": "sampled",
+                                                                 "sasrec.negatives": 5}),
+                        n_behaviors=6, graph=(np.array([0, 1, 2]), np.array([0, 3, 4])))
+            model = DDP(net, broadcast_buffers=True)
+            before = [p.detach().clone() for p in net.parameters()]
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for step in range(3):
+                opt.zero_grad()
+                model(batches[name], generator=torch.Generator().manual_seed(step)).backward()
+                opt.step()
+            moved = [not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True)]
+            assert all(moved), name
+    finally:
+        dist.destroy_process_group()

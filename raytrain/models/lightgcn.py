@@ -29,6 +29,11 @@ def normalized_adjacency(user_idx: np.ndarray, item_idx: np.ndarray, n_users: in
 
 
 class LightGCN(RecModel):
+    """LightGCN over ``n_users`` x ``n_items``; ``graph`` = (user_idx, item_idx) train pairs
+    (int arrays of equal length). The normalised adjacency is a non-persistent buffer (it moves
+    with ``.to(device)``, is not in the state dict, and DDP neither broadcasts nor syncs it).
+    ``forward(batch)`` is :meth:`loss`."""
+
     kind = "graph"
 
     def __init__(self, n_users: int, n_items: int, *, graph: tuple[np.ndarray, np.ndarray],
@@ -39,9 +44,14 @@ class LightGCN(RecModel):
         nn.init.normal_(self.ego.weight, std=0.1)
         self.register_buffer("adj", normalized_adjacency(*graph, n_users, n_items),
                              persistent=False)
+        # DDP cannot broadcast a sparse tensor ("No support for sparse tensors") and every rank
+        # builds the same graph anyway: have DDP leave it alone whatever broadcast_buffers says
+        self._ddp_params_and_buffers_to_ignore = ["adj"]
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-mean (users (n_users, d), items (n_items, d)), in float32."""
+        """(users (n_users, dim), items (n_items, dim)) float32: the mean of E_0..E_L with
+        E_0 the ego embeddings and E_{l+1} = A_hat E_l, computed in float32 with autocast off
+        (sparse products have no reduced-precision kernels on CPU)."""
         with torch.autocast(self.ego.weight.device.type, enabled=False):
             e = self.ego.weight.float()
             total = e
@@ -52,10 +62,15 @@ class LightGCN(RecModel):
         return out[: self.n_users], out[self.n_users:]
 
     def forward(self, batch, *, generator=None) -> torch.Tensor:
+        """The scalar :meth:`loss` of ``batch`` (the call DDP's hooks see)."""
         return self.loss(batch, generator=generator)
 
     def loss(self, batch, *, generator=None) -> torch.Tensor:
-        """BPR of ``item_idx`` over each of ``neg_items`` (b, n) + reg * L2 of layer-0 rows."""
+        """Scalar BPR: ``user_idx`` (b,), ``item_idx`` (b,), ``neg_items`` (b, n); the mean over
+        the b * n (user, positive, negative) triples of -log sigmoid(s_pos - s_neg) plus
+        reg * (|e_u|^2 + |e_pos|^2 + |e_neg|^2) / 2 on layer-0 (ego) rows. The reg term is the
+        paper's per-triple one averaged over the same triples, so with n = 1 it is exactly
+        reg * (sum of the batch's squared norms) / 2 / b. ``generator`` is unused."""
         users, items = self.propagate()
         u, pos, neg = batch["user_idx"], batch["item_idx"], batch["neg_items"]
         eu = users[u]
@@ -78,9 +93,14 @@ class LightGCN(RecModel):
         return self._cache[1]
 
     def score_users(self, batch) -> torch.Tensor:
+        """``user_idx`` (b,) -> (b, n_items) float32: propagated user . propagated item."""
         users, items = self._eval_embeddings()
-        return users[batch["user_idx"]] @ items.T
+        with torch.autocast(users.device.type, enabled=False):
+            return users[batch["user_idx"]] @ items.T
 
     def embeddings(self) -> dict[str, torch.Tensor]:
-        users, items = self.propagate()
+        """{"user": (n_users, dim), "item": (n_items, dim)} float32, detached: the propagated
+        (layer-mean) embeddings, whose dot product is the score."""
+        with torch.no_grad():
+            users, items = self.propagate()
         return {"user": users.detach(), "item": items.detach()}

@@ -13,13 +13,18 @@ from raytrain.models.base import RecModel
 
 
 class NeuMF(RecModel):
+    """NeuMF over ``n_users`` x ``n_items``: ``forward(user_idx (b,), item_idx (b,)) -> (b,)``
+    logits; ``forward(batch)`` is :meth:`loss`. ``score_pairs`` bounds the (user, item) pairs
+    scored at once by :meth:`score_users` (its working memory ~ score_pairs * the MLP widths)."""
+
     kind = "pairs"
 
     def __init__(self, n_users: int, n_items: int, *, dim_gmf: int = 32, dim_mlp: int = 32,
                  layers: Sequence[int] = (64, 32, 16), dropout: float = 0.0,
-                 item_chunk: int = 8192):
+                 score_pairs: int = 1 << 18):
         super().__init__()
-        self.n_users, self.n_items, self.item_chunk = n_users, n_items, item_chunk
+        self.n_users, self.n_items, self.score_pairs = n_users, n_items, score_pairs
+        self.dim_gmf, self.dim_mlp = dim_gmf, dim_mlp
         self.user_gmf = nn.Embedding(n_users, dim_gmf)
         self.item_gmf = nn.Embedding(n_items, dim_gmf)
         self.user_mlp = nn.Embedding(n_users, dim_mlp)
@@ -45,12 +50,16 @@ class NeuMF(RecModel):
 
     def forward(self, batch, item_idx: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """``forward(batch_dict)``: the scalar loss; ``forward(user_idx, item_idx)``: (b,)
+        logits."""
         if isinstance(batch, dict):
             return self.loss(batch, generator=generator)
         return self.logits(batch, item_idx)
 
     def loss(self, batch, *, generator=None) -> torch.Tensor:
-        """BCE: ``user_idx`` (b,), ``item_idx`` (b,) label 1, ``neg_items`` (b, n) label 0."""
+        """Scalar BCE-with-logits, the mean over all b * (1 + n) terms: ``user_idx`` (b,),
+        ``item_idx`` (b,) label 1, ``neg_items`` (b, n) label 0. ``generator`` is unused (the
+        negatives come in the batch)."""
         u, pos, neg = batch["user_idx"], batch["item_idx"], batch["neg_items"]
         items = torch.cat([pos[:, None], neg], dim=1)  # (b, 1 + n)
         users = u[:, None].expand_as(items)
@@ -60,17 +69,36 @@ class NeuMF(RecModel):
         return F.binary_cross_entropy_with_logits(logit, label.reshape(-1))
 
     def score_users(self, batch) -> torch.Tensor:
-        """``user_idx`` (b,) -> (b, n_items) logits (items scored in chunks)."""
+        """``user_idx`` (b,) -> (b, n_items) float32 logits, the same as ``forward`` on every
+        (user, item) pair. Items go in chunks of ``score_pairs // b``; the first MLP layer is
+        split into its user and item halves (W [u; i] = W_u u + W_i i), so each is applied once
+        per user and once per item instead of once per pair."""
         u = batch["user_idx"]
+        w = self.out.weight[0]
+        w_gmf, w_mlp = w[: self.dim_gmf], w[self.dim_gmf:]
+        ug = self.user_gmf(u) * w_gmf  # (b, dim_gmf): GMF's share of the output layer folded in
+        um = self.user_mlp(u)
+        first = self.mlp[0] if len(self.mlp) else None
+        if first is not None:
+            uh = F.linear(um, first.weight[:, : self.dim_mlp], first.bias)  # (b, layers[0])
+        step = max(1, self.score_pairs // max(1, len(u)))
         out = []
-        for s in range(0, self.n_items, self.item_chunk):
-            items = torch.arange(s, min(self.n_items, s + self.item_chunk), device=u.device)
-            uu = u[:, None].expand(-1, len(items)).reshape(-1)
-            ii = items[None, :].expand(len(u), -1).reshape(-1)
-            out.append(self.logits(uu, ii).float().view(len(u), len(items)))
+        for s in range(0, self.n_items, step):
+            items = torch.arange(s, min(self.n_items, s + step), device=u.device)
+            im = self.item_mlp(items)
+            if first is None:  # no hidden layers: the MLP branch is the concatenation itself
+                m = torch.cat([um[:, None].expand(-1, len(items), -1),
+                               im[None].expand(len(u), -1, -1)], dim=-1)
+            else:
+                m = self.mlp[1:](uh[:, None, :] + F.linear(im, first.weight[:, self.dim_mlp:]))
+            logit = ug @ self.item_gmf(items).T + m @ w_mlp + self.out.bias
+            out.append(logit.float())
         return torch.cat(out, dim=1)
 
     def embeddings(self) -> dict[str, torch.Tensor]:
-        """GMF and MLP embeddings side by side (user: dim_gmf + dim_mlp)."""
-        return {"user": torch.cat([self.user_gmf.weight, self.user_mlp.weight], 1).detach(),
-                "item": torch.cat([self.item_gmf.weight, self.item_mlp.weight], 1).detach()}
+        """{"user": (n_users, dim_gmf + dim_mlp), "item": (n_items, dim_gmf + dim_mlp)}: the GMF
+        and MLP embeddings side by side, float32, detached. NeuMF scores are not their dot
+        product (the MLP branch is not bilinear); they are for inspection, not retrieval."""
+        user = torch.cat([self.user_gmf.weight, self.user_mlp.weight], 1)
+        item = torch.cat([self.item_gmf.weight, self.item_mlp.weight], 1)
+        return {"user": user.detach().float(), "item": item.detach().float()}

@@ -37,6 +37,10 @@ class _Block(nn.Module):
 
 
 class SASRec(RecModel):
+    """SASRec over ``n_items`` items (tokens 1..n_items) and ``n_behaviors`` behaviour ids
+    (1..n_behaviors; 0 = padding). ``forward(batch)`` is :meth:`loss`; ``n_users`` is accepted
+    for the registry's uniform signature and unused (a user is its sequence)."""
+
     kind = "sequence"
 
     def __init__(self, n_items: int, *, n_behaviors: int, max_len: int = 50, dim: int = 64,
@@ -57,8 +61,11 @@ class SASRec(RecModel):
             self.item.weight[0].zero_()
 
     def hidden(self, seq: torch.Tensor, beh: torch.Tensor) -> torch.Tensor:
-        """``seq``, ``beh`` (b, L), L <= max_len -> (b, L, dim); padded positions are 0."""
+        """``seq``, ``beh`` (b, L) LongTensors, L <= max_len, left-padded with 0 -> (b, L, dim)
+        sequence representation; padded positions are 0, and position t sees only 0..t."""
         b, n = seq.shape
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len {self.max_len}")
         keep = (seq > 0).unsqueeze(-1).to(self.item.weight.dtype)
         positions = torch.arange(self.max_len - n, self.max_len, device=seq.device)
         x = self.item(seq) * math.sqrt(self.dim) + self.pos(positions)[None]
@@ -79,36 +86,45 @@ class SASRec(RecModel):
         return self.ln(x) * keep
 
     def forward(self, batch, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The scalar :meth:`loss` of ``batch`` (the call DDP's hooks see)."""
         return self.loss(batch, generator=generator)
 
     def loss(self, batch, *, generator=None) -> torch.Tensor:
-        """Next-item loss at the positions of ``target_mask`` (default target > 0): full softmax
-        over the catalogue, or sampled softmax against ``negatives`` uniform items."""
+        """Scalar next-item loss: ``seq``, ``beh``, ``target`` (b, L) tokens (0: no target),
+        optional ``target_mask`` (b, L) bool (default target > 0; a masked position with
+        target 0 never counts), averaged over the counted positions. ``full``: cross-entropy
+        over the whole catalogue; ``sampled``: softmax over the positive and ``negatives``
+        uniform items drawn with ``generator`` (a negative equal to the positive is masked
+        out). A batch with no counted position gives 0 (still connected to every parameter)."""
         h = self.hidden(batch["seq"], batch["beh"])
         target = batch["target"]
         mask = batch.get("target_mask")
-        mask = target > 0 if mask is None else mask & (target > 0)
+        mask = target > 0 if mask is None else mask.bool() & (target > 0)
+        if not mask.any():
+            return h.sum() * 0.0
         hs, ts = h[mask], target[mask]  # (m, d), (m,) tokens
-        if self.beh is not None and not mask.any():
-            return h.sum() * 0.0 + self.beh.weight.sum() * 0.0
         if self.loss_kind == "full":
-            logits = hs.float() @ self.item.weight[1:].float().T  # (m, n_items)
-            loss = F.cross_entropy(logits, ts - 1)
-        else:
-            neg = torch.randint(1, self.n_items + 1, (len(ts), self.negatives),
-                                generator=generator).to(ts.device)
-            cand = torch.cat([ts[:, None], neg], dim=1)
-            logits = (hs[:, None, :].float() * self.item(cand).float()).sum(-1)
-            logits[:, 1:] = logits[:, 1:].masked_fill(neg == ts[:, None], float("-inf"))
-            loss = F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long,
-                                                       device=ts.device))
-        # every parameter in the graph every call (DDP without find_unused_parameters)
-        return loss + 0.0 * self.item.weight[0].sum()
+            logits = hs @ self.item.weight[1:].T  # (m, n_items)
+            return F.cross_entropy(logits.float(), ts - 1)
+        # drawn where the generator lives (the trainer's is a CPU one), then moved
+        gen_device = generator.device if generator is not None else ts.device
+        neg = torch.randint(1, self.n_items + 1, (len(ts), self.negatives), generator=generator,
+                            device=gen_device).to(ts.device)
+        cand = torch.cat([ts[:, None], neg], dim=1)  # (m, 1 + negatives), the positive first
+        logits = (hs[:, None, :].float() * self.item(cand).float()).sum(-1)
+        logits = torch.cat([logits[:, :1],
+                            logits[:, 1:].masked_fill(neg == ts[:, None], float("-inf"))], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=ts.device))
 
     def score_users(self, batch) -> torch.Tensor:
-        """``seq``, ``beh`` (b, L) -> (b, n_items) scores from the last position."""
+        """``seq``, ``beh`` (b, L) -> (b, n_items) float32 scores of the next item after the
+        last position (L-1); column j = item_idx j = token j + 1. The product runs in float32
+        even under autocast, so close scores do not tie in the top-K."""
         h = self.hidden(batch["seq"], batch["beh"])[:, -1]
-        return (h.float() @ self.item.weight[1:].float().T)
+        with torch.autocast(h.device.type, enabled=False):
+            return h.float() @ self.item.weight[1:].float().T
 
     def embeddings(self) -> dict[str, torch.Tensor]:
-        return {"item": self.item.weight[1:].detach()}
+        """{"item": (n_items, dim)} float32, detached: the shared input / output item
+        embedding (row j = item_idx j)."""
+        return {"item": self.item.weight[1:].detach().float()}
