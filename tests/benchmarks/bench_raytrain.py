@@ -146,17 +146,29 @@ def main() -> None:
     print(f"load: Delta -> Ray Data -> index {load_delta:.2f}s; in-memory tensors "
           f"{load_mem * 1000:.1f} ms")
 
+    threads = torch.get_num_threads()
     bare = bare_loop(cfg, data, pairs, epochs=args.epochs, device=device)
     bare_med = statistics.median(bare)
-    print(f"bare torch loop: epochs {[round(x, 2) for x in bare]} s, median {bare_med:.2f}s, "
-          f"{n / bare_med:,.0f} samples/s")
+    print(f"bare torch loop ({threads} threads): epochs {[round(x, 2) for x in bare]} s, median "
+          f"{bare_med:.2f}s, {n / bare_med:,.0f} samples/s")
+    # a Ray Train worker with 1 CPU runs torch with 1 thread (Ray sets OMP_NUM_THREADS): the
+    # same-resources baseline
+    torch.set_num_threads(1)
+    bare1 = bare_loop(cfg, data, pairs, epochs=args.epochs, device=device)
+    bare1_med = statistics.median(bare1)
+    torch.set_num_threads(threads)
+    print(f"bare torch loop (1 thread, as a 1-CPU worker): epochs "
+          f"{[round(x, 2) for x in bare1]} s, median {bare1_med:.2f}s, "
+          f"{n / bare1_med:,.0f} samples/s")
 
     results = {}
     for workers in (1, 2):
         if args.use_gpu and workers > torch.cuda.device_count():
             continue
+        # every worker leaves Ray Data a CPU: on 2 cores, 2 workers get half a CPU each
+        cpus = 1.0 if workers * 1.0 + 1 <= (os.cpu_count() or 1) or workers == 1 else 0.5
         c = cfg.with_(**{"train.num_workers": workers, "run.run_id": f"bench-{workers}w",
-                         "train.fresh": True})
+                         "train.fresh": True, "train.cpus_per_worker": cpus})
         t0 = time.perf_counter()
         rec = train_run(c)
         total = time.perf_counter() - t0
@@ -172,8 +184,9 @@ def main() -> None:
               f"{total:.1f}s")
     med1 = results[1][0]
     print(f"ray.init: {ray_init:.1f}s")
-    print(f"RATIO ray train 1 worker / bare loop (median epoch): {med1 / bare_med:.2f} "
-          f"(target <= 1.25)")
+    print(f"RATIO ray train 1 worker / bare loop, same threads (median epoch): "
+          f"{med1 / bare1_med:.2f} (target <= 1.25); against the {threads}-thread loop: "
+          f"{med1 / bare_med:.2f}")
     if 2 in results:
         print(f"samples/s: 1 worker {results[1][1]:,.0f}, 2 workers {results[2][1]:,.0f}")
     ray.shutdown()
