@@ -20,8 +20,10 @@ __all__ = ["KINDS", "MODELS", "LightGCN", "NeuMF", "RecModel", "SASRec", "build"
 
 def build(name: str, *, n_users: int, n_items: int, cfg: Config, n_behaviors: int = 6,
           graph=None) -> RecModel:
-    """The model ``name`` sized for the data, its settings from ``cfg.<name>``. ``graph``:
-    (user_idx, item_idx) train pairs, LightGCN only."""
+    """The model ``name`` (a key of MODELS) sized for ``n_users`` x ``n_items``, its settings
+    from ``cfg.ncf`` / ``cfg.sasrec`` / ``cfg.lightgcn``. ``n_behaviors``: behaviour ids
+    1..n_behaviors (SASRec only); ``graph``: (user_idx, item_idx) train pair arrays (LightGCN
+    only, required). An unknown name, or LightGCN without a graph, is a ConfigError."""
     if name not in MODELS:
         raise ConfigError(f"unknown deep model {name!r}; known: {', '.join(sorted(MODELS))}")
     if name == "ncf":
