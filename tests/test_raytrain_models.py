@@ -13,6 +13,16 @@ from raytrain.models import LightGCN, build, normalized_adjacency
 from tests.reference.lightgcn import dense_normalized_adjacency, dense_propagate
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tensors this small gain nothing from intra-op threads, and on a busy machine two spinning
+    OpenMP threads make the training tests many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(**kw):
     vals = {"sasrec.dim": 16, "sasrec.heads": 2, "sasrec.blocks": 2, "sasrec.max_len": 12,
             "sasrec.dropout": 0.0, "ncf.dim_gmf": 8, "ncf.dim_mlp": 8, "ncf.layers": [16, 8],
