@@ -247,10 +247,9 @@ def _history(shard_or_rows, users: np.ndarray, max_len: int) -> dict:
     """History windows (sorted by user) of ``users`` from the sequences dataset."""
     from raytrain import data as D
 
-    want = set(users.tolist())
     rows: dict[str, list] = {"user_idx": [], "seq": [], "beh": []}
     for b in shard_or_rows.iter_batches(batch_format="numpy", batch_size=4096):
-        keep = np.isin(b["user_idx"], list(want))
+        keep = np.isin(b["user_idx"], users)
         for key in rows:
             rows[key].extend(b[key][keep])
     order = np.argsort(np.asarray(rows["user_idx"], dtype=np.int64), kind="stable")
@@ -585,7 +584,7 @@ def train_run(cfg: Config) -> RunRecord:
                                                           batch_size=None)))
         recs = recs.sort_by([(S.USER_IDX, "ascending"), (S.RANK, "ascending")])
         secs["recommend"] = time.perf_counter() - t0
-        outputs, evaluation = _write_outputs(cfg, lake, data, recs, ckpt_path, run_id=run_id,
+        outputs, evaluation = _write_outputs(cfg, lake, data, recs, state, run_id=run_id,
                                              protocol=protocol)
         secs["write"] = time.perf_counter() - t0 - secs["recommend"]
         counts = {"train_pairs": int(data.seen_indptr[-1]), "users": data.n_users,
@@ -607,7 +606,7 @@ def train_run(cfg: Config) -> RunRecord:
             ray.shutdown()
 
 
-def _write_outputs(cfg: Config, lake: Lake, data, recs, ckpt_path: str, *, run_id: str,
+def _write_outputs(cfg: Config, lake: Lake, data, recs, state: dict, *, run_id: str,
                    protocol: str) -> tuple[dict[str, int], list[dict]]:
     """gold/recommendations, the embeddings, metrics/evaluation; table -> version written."""
     import pyarrow as pa
@@ -633,7 +632,6 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, ckpt_path: str, *, run_i
     net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
                 n_behaviors=len(cfg.vocabulary),
                 graph=data.train_pairs() if model_cls.kind == "graph" else None)
-    state = load_state(ckpt_path)
     net.load_state_dict(state["best_model"] or state["model"])
     net.eval()
     with torch.no_grad():
