@@ -126,7 +126,8 @@ class SplitConfig:
     protocol: str = "stratified"  # stratified | temporal | leave_last_out
     seed: int = 42
     ratio: float = 0.75  # stratified: train share per user
-    valid_ratio: float = 0.0  # stratified: valid share per user, taken from the test side
+    valid_ratio: float = 0.0  # stratified: valid share per user (of all its interactions)
+    valid_from: str = "test"  # stratified: valid carved from the test side, or from train (test kept)
     cutoff: str | None = None  # temporal: explicit cutoff timestamp (UTC)
     test_fraction: float = 0.2  # temporal: share of events after the cutoff when none is given
     valid_fraction: float = 0.0  # temporal: share of events between valid and test cutoffs
@@ -280,6 +281,7 @@ class LightgcnConfig:
     dim: int = 64
     layers: int = 3
     reg: float = 1e-4  # L2 on the batch's layer-0 embeddings
+    negatives: int = 1  # BPR negatives per positive (the loss is their mean), resampled each epoch
 
 
 @dataclass(frozen=True)
@@ -473,6 +475,28 @@ def _merge(base: dict, extra: Mapping) -> dict:
     return out
 
 
+def _load_file(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """One YAML file as a mapping. ``extends: BASE.yaml`` (relative to the file) loads BASE first
+    and merges this file over it, so a model's config can restate only what differs."""
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}" + (f" (extended by {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise ConfigError(f"config file {p}: 'extends' loops back to itself")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, str(p)) from None
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping at top level")
+    loaded = dict(loaded)
+    base = loaded.pop("extends", None)
+    if base is None:
+        return _merge({}, loaded)
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {p}: 'extends' must be a file name, got {base!r}")
+    return _merge(_load_file(p.parent / base, (*chain, p.resolve())), loaded)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -485,18 +509,7 @@ def load_config(
         overrides: ``["section.key=value", ...]``; values parse as YAML (``5``, ``true``, ``[a,b]``).
         values: dotted keys -> already-typed values (what CLI flags set), applied last.
     """
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise _yaml_error(e, str(p)) from None
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {p} must hold a mapping at top level")
-        data = _merge(data, loaded)
+    data: dict = _load_file(Path(path)) if path is not None else {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
@@ -535,6 +548,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"split.protocol must be stratified|temporal|leave_last_out, got {cfg.split.protocol!r}")
     if not 0 < cfg.split.ratio <= 1:
         raise ConfigError(f"split.ratio must be in (0, 1], got {cfg.split.ratio}")
+    if cfg.split.valid_from not in ("test", "train"):
+        raise ConfigError(f"split.valid_from must be test|train, got {cfg.split.valid_from!r}")
+    if not 0 <= cfg.split.valid_ratio < 1:
+        raise ConfigError(f"split.valid_ratio must be in [0, 1), got {cfg.split.valid_ratio}")
     if cfg.split.cold not in ("drop", "keep"):
         raise ConfigError(f"split.cold must be drop|keep, got {cfg.split.cold!r}")
     if cfg.sequences.max_len < 1:
@@ -591,6 +608,7 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
                           f"({cfg.sasrec.heads})")
     for key, value in (("ncf.negatives", cfg.ncf.negatives), ("sasrec.max_len", cfg.sasrec.max_len),
                        ("sasrec.negatives", cfg.sasrec.negatives),
+                       ("lightgcn.negatives", cfg.lightgcn.negatives),
                        ("lightgcn.layers", cfg.lightgcn.layers + 1)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")

@@ -4,9 +4,10 @@
 
 Protocols (``split.protocol``):
   - ``stratified``: per user, a seeded random ``split.ratio`` share of the user's interactions to
-    train (n_train = round-half-up(ratio * n), kept within [1, n-1]), the rest to test (a
-    ``split.valid_ratio`` share of all goes to valid first). The MS Recommenders protocol; seed 42
-    by default. The order is a hash of (seed, user, item), so it does not depend on partitioning.
+    train (n_train = round-half-up(ratio * n), kept within [1, n-1]), the rest to test. A
+    ``split.valid_ratio`` share of all goes to valid, taken from the test share
+    (``split.valid_from: test``) or from the train share (``train``: the test part stays exactly
+    the plain ratio split). The MS Recommenders protocol; seed 42 by default. The order is a hash of (seed, user, item), so it does not depend on partitioning.
   - ``temporal``: one global time cutoff (``split.cutoff`` or the quantile leaving
     ``split.test_fraction`` of events after it). Train is aggregated from events *before* the
     cutoff only (later events never leak into train confidence); test holds the pairs first seen
@@ -43,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stratified | temporal | leave_last_out")
     p.add_argument("--seed", dest="split.seed", type=int, default=None)
     p.add_argument("--ratio", dest="split.ratio", type=float, default=None)
+    p.add_argument("--valid-ratio", dest="split.valid_ratio", type=float, default=None,
+                   help="stratified: share of each user's interactions to valid")
+    p.add_argument("--valid-from", dest="split.valid_from", choices=("test", "train"), default=None,
+                   help="stratified: take valid from the test share (default) or the train share")
     p.add_argument("--cutoff", dest="split.cutoff", default=None, help="temporal: UTC timestamp")
     p.add_argument("--test-fraction", dest="split.test_fraction", type=float, default=None)
 
@@ -64,7 +69,13 @@ def split_stratified(interactions: DataFrame, *, cfg: Config) -> DataFrame:
     eligible = F.col("_n") >= max(2, sc.min_user_interactions)
     n_train = F.least(F.greatest(_round_half_up(F.col("_n") * sc.ratio), F.lit(1)), F.col("_n") - 1)
     n_valid = _round_half_up(F.col("_n") * sc.valid_ratio)
-    n_valid = F.least(n_valid, F.col("_n") - n_train - 1) if sc.valid_ratio > 0 else F.lit(0)
+    if sc.valid_ratio <= 0:
+        n_valid = F.lit(0)
+    elif sc.valid_from == "train":  # the last of the train ranks; at least one train row stays
+        n_valid = F.least(n_valid, n_train - 1)
+        n_train = n_train - n_valid
+    else:  # the first of the test ranks; at least one test row stays
+        n_valid = F.least(n_valid, F.col("_n") - n_train - 1)
     split = (
         F.when(~eligible | (F.col("_r") <= n_train), TRAIN)
         .when(F.col("_r") <= n_train + n_valid, VALID)

@@ -334,7 +334,7 @@ def train_loop_per_worker(config: dict) -> None:
                                          prefetch_batches=t.prefetch_batches,
                                          local_shuffle_seed=int(rng.integers(2**31)))
         else:
-            n_neg = cfg.ncf.negatives if kind == "pairs" else 1
+            n_neg = cfg.ncf.negatives if kind == "pairs" else cfg.lightgcn.negatives
             batches = D.pairs_batches(shard, batch_size=t.batch_size, data=data, n_neg=n_neg,
                                       rng=rng, prefetch_batches=t.prefetch_batches,
                                       local_shuffle_seed=int(rng.integers(2**31)))

@@ -148,3 +148,26 @@ def test_default_yaml_lists_every_option_with_its_default():
     path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
     assert load_config(path) == load_config()
     assert yaml.safe_load(path.read_text()).keys() == to_dict(load_config()).keys()
+
+
+def test_extends_merges_the_base_file_under_this_one(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("split:\n  protocol: temporal\n  seed: 7\ntrain:\n  epochs: 3\n")
+    sub = tmp_path / "m"
+    sub.mkdir()
+    (sub / "ncf.yaml").write_text("extends: ../base.yaml\ntrain:\n  epochs: 9\n")
+    cfg = load_config(sub / "ncf.yaml", overrides=["split.seed=8"])
+    assert (cfg.split.protocol, cfg.split.seed, cfg.train.epochs) == ("temporal", 8, 9)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "gone.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml.*extended by"):
+        load_config(tmp_path / "gone.yaml")
+
+
+def test_repo_configs_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        load_config(f)  # every shipped config (and what it extends) is valid

@@ -58,6 +58,21 @@ def test_stratified_valid_share(spark, make_cfg):
     assert Counter(r.split for r in out.collect()) == {"train": 12, "valid": 4, "test": 4}
 
 
+def test_stratified_valid_from_train_keeps_the_test_part(spark, make_cfg):
+    df = interactions(spark, {0: 20, 1: 7, 2: 2})
+    plain = SP.split_stratified(df, cfg=make_cfg(**{"split.ratio": 0.75})).collect()
+    inner = SP.split_stratified(df, cfg=make_cfg(**{"split.ratio": 0.75, "split.valid_ratio": 0.1,
+                                                    "split.valid_from": "train"})).collect()
+    test = lambda rows: {(r.user_idx, r.item_idx) for r in rows if r.split == "test"}  # noqa: E731
+    assert test(inner) == test(plain)  # the same test pairs as without a valid part
+    got = Counter((r.user_idx, r.split) for r in inner)
+    assert (got[(0, "train")], got[(0, "valid")], got[(0, "test")]) == (13, 2, 5)
+    assert (got[(1, "train")], got[(1, "valid")], got[(1, "test")]) == (4, 1, 2)
+    assert (got[(2, "train")], got[(2, "valid")]) == (1, 0)  # one train row always stays
+    plain_train = {(r.user_idx, r.item_idx) for r in plain if r.split == "train"}
+    assert {(r.user_idx, r.item_idx) for r in inner if r.split != "test"} == plain_train
+
+
 def test_leave_last_out(spark, make_cfg):
     out = SP.split_leave_last_out(interactions(spark, {0: 5, 1: 2}), cfg=make_cfg())
     got = {(r.user_idx, r.item_idx): r.split for r in out.collect()}
