@@ -269,7 +269,7 @@ class SasrecConfig:
     blocks: int = 2
     dropout: float = 0.2
     loss: str = "full"  # full (softmax over the catalogue) | sampled
-    negatives: int = 100  # sampled softmax: uniform negatives per position
+    negatives: int = 100  # sampled softmax: uniform negatives, one draw shared by a batch
     target: str = "all"  # next item of any behaviour, or of one behaviour (e.g. purchase)
     behavior_embedding: bool = True  # off: the sequence carries items and positions only
 

@@ -258,6 +258,29 @@ def _history(shard_or_rows, users: np.ndarray, max_len: int) -> dict:
     return wins
 
 
+# what a checkpoint was trained with; resuming under other values would mix two runs
+RESUME_KEYS = ("split.protocol", "train.batch_size", "train.lr", "train.weight_decay", "train.seed",
+               "train.grad_clip")
+
+
+def resume_settings(cfg: Config) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint: the model's section, the
+    protocol and the optimiser's keys (epochs and patience may change: a run can be extended)."""
+    d = to_dict(cfg)
+    out = {f"{cfg.run.model}.{k}": v for k, v in d[cfg.run.model].items()}
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        out[key] = d[section][name]
+    return out
+
+
+def is_better(score: float, loss: float, state: dict) -> bool:
+    """Whether an epoch beats the best so far: a higher score (validation NDCG, or minus the train
+    loss without a valid part); a tie (a sparse valid part scoring 0 epoch after epoch) goes to
+    the lower train loss, not to the first epoch."""
+    return score > state["best"] or (score == state["best"] and loss < state["best_loss"])
+
+
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker. ``config``: ``cfg`` (``to_dict`` of the run's Config), ``data``
     (:class:`raytrain.data.TrainData`), ``fault_dir``, ``fail_at``. Datasets: ``train`` (pairs or
@@ -291,8 +314,8 @@ def train_loop_per_worker(config: dict) -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     pin = device.type == "cuda"
 
-    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad": 0, "history": [],
-             "attempt": 0, "best_model": None}
+    state = {"epoch": -1, "best": -math.inf, "best_loss": math.inf, "best_epoch": -1, "bad": 0,
+             "history": [], "attempt": 0, "best_model": None}
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -303,10 +326,16 @@ def train_loop_per_worker(config: dict) -> None:
                 f"checkpoint of run {cfg.run.run_id!r} has {saved['n_users']} users x "
                 f"{saved['n_items']} items, the data {data.n_users} x {data.n_items}: the lake "
                 f"changed under the run; re-run with --fresh or a new --run-id")
+        was, now = saved.get("settings", {}), resume_settings(cfg)
+        changed = [f"{k}: {was[k]!r} -> {now.get(k)!r}" for k in sorted(was) if was[k] != now.get(k)]
+        if changed:
+            raise ConfigError(
+                f"the checkpoint of run {cfg.run.run_id!r} was trained with other settings "
+                f"({'; '.join(changed)}); re-run with --fresh or a new --run-id")
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, state[k]) for k in state}
         state["attempt"] += 1
         if rank == 0:
             log.info("resuming from the checkpoint of epoch %d (attempt %d)", state["epoch"],
@@ -372,9 +401,10 @@ def train_loop_per_worker(config: dict) -> None:
             score = metrics[f"valid_ndcg@{t.eval_k}"]
         else:
             score = -loss_sum / max(steps, 1)  # no valid part: the lowest train loss is best
-        improved = score > state["best"]
+        epoch_loss = loss_sum / max(steps, 1)
+        improved = is_better(score, epoch_loss, state)
         if improved:
-            state.update(best=score, best_epoch=epoch, bad=0,
+            state.update(best=score, best_loss=epoch_loss, best_epoch=epoch, bad=0,
                          best_model={k: v.detach().cpu().clone()
                                      for k, v in net.state_dict().items()})
         else:
@@ -390,7 +420,8 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "model": net.state_dict(), "optimizer": opt.state_dict(),
                             "scaler": scaler.state_dict(), "n_users": data.n_users,
-                            "n_items": data.n_items, "model_name": name},
+                            "n_items": data.n_items, "model_name": name,
+                            "settings": resume_settings(cfg)},
                            os.path.join(tmp, STATE_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -433,6 +464,28 @@ def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str):
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
+
+
+def _check_resume(cfg: Config, run_id: str, data) -> None:
+    """Before any worker starts: a run id whose latest checkpoint (local storage) was trained on
+    other data or with other settings is refused, rather than resumed into a mixed model. Remote
+    storage is checked by the workers when they load the checkpoint."""
+    root = os.path.join(storage_path(cfg), run_id)
+    if "://" in root or not os.path.isdir(root):
+        return
+    ckpts = sorted(e for e in os.listdir(root) if e.startswith("checkpoint_")
+                   and os.path.isfile(os.path.join(root, e, STATE_FILE)))
+    if not ckpts:
+        return
+    saved = load_state(os.path.join(root, ckpts[-1]))
+    was, now = saved.get("settings", {}), resume_settings(cfg)
+    changed = [f"{k}: {was[k]!r} -> {now.get(k)!r}" for k in sorted(was) if was[k] != now.get(k)]
+    if (saved["n_users"], saved["n_items"]) != (data.n_users, data.n_items):
+        changed.append(f"users x items: {saved['n_users']} x {saved['n_items']} -> "
+                       f"{data.n_users} x {data.n_items}")
+    if changed:
+        raise ConfigError(f"run {run_id!r} has a checkpoint trained with other settings or data "
+                          f"({'; '.join(changed)}); re-run with --fresh or a new --run-id")
 
 
 def load_state(checkpoint_path: str) -> dict:
@@ -554,6 +607,8 @@ def train_run(cfg: Config) -> RunRecord:
         secs["load"] = time.perf_counter() - t0
         if cfg.train.fresh:
             shutil.rmtree(os.path.join(storage_path(cfg), run_id), ignore_errors=True)
+        else:
+            _check_resume(cfg, run_id, data)
         t0 = time.perf_counter()
         result = build_trainer(cfg, data, datasets, run_id=run_id).fit()
         secs["fit"] = time.perf_counter() - t0

@@ -227,3 +227,38 @@ def test_fit_and_train_are_one_path_for_ray_models(make_cfg, tmp_path):
                         "--model", "lightgcn"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "gold/splits" in r.stderr and "Traceback" not in r.stderr
     assert "SparkContext" not in r.stderr and "Ivy" not in r.stderr
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(make_cfg, tmp_path):
+    """A re-run of a run id resumes only a checkpoint trained with the same model, protocol and
+    optimiser settings on the same users x items (epochs may grow); anything else is refused."""
+    import torch
+
+    from raytrain.train import STATE_FILE, _check_resume, resume_settings, storage_path
+
+    cfg = _cfg(make_cfg, run__model="lightgcn", run__run_id="r1")
+    ck = os.path.join(storage_path(cfg), "r1", "checkpoint_2026-01-01_00-00-00.000000")
+    os.makedirs(ck)
+    torch.save({"n_users": 5, "n_items": 4, "settings": resume_settings(cfg)},
+               os.path.join(ck, STATE_FILE))
+    data = type("D", (), {"n_users": 5, "n_items": 4})()
+    _check_resume(cfg, "r1", data)  # the same settings: resumes
+    _check_resume(cfg.with_(**{"train.epochs": 50}), "r1", data)  # a longer run: resumes
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.02 -> 0\.5.*--fresh"):
+        _check_resume(cfg.with_(**{"train.lr": 0.5}), "r1", data)
+    with pytest.raises(ConfigError, match=r"lightgcn\.negatives: 1 -> 3"):
+        _check_resume(cfg.with_(**{"lightgcn.negatives": 3}), "r1", data)
+    with pytest.raises(ConfigError, match=r"users x items: 5 x 4 -> 6 x 4"):
+        _check_resume(cfg, "r1", type("D", (), {"n_users": 6, "n_items": 4})())
+    _check_resume(cfg, "r2", data)  # no checkpoint: a fresh start
+
+
+def test_best_epoch_ties_go_to_the_lower_train_loss():
+    from raytrain.train import is_better
+
+    state = {"best": 0.0, "best_loss": 5.0}
+    assert is_better(0.0, 4.0, state)  # valid NDCG tied at 0: the better-trained epoch
+    assert not is_better(0.0, 6.0, state)
+    assert is_better(0.1, 9.0, state)  # a better valid score wins whatever the loss
+    assert not is_better(-0.1, 1.0, state)
+    assert is_better(0.0, 1.0, {"best": float("-inf"), "best_loss": float("inf")})

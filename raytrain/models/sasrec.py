@@ -94,8 +94,8 @@ class SASRec(RecModel):
         optional ``target_mask`` (b, L) bool (default target > 0; a masked position with
         target 0 never counts), averaged over the counted positions. ``full``: cross-entropy
         over the whole catalogue; ``sampled``: softmax over the positive and ``negatives``
-        uniform items drawn with ``generator`` (a negative equal to the positive is masked
-        out). A batch with no counted position gives 0 (still connected to every parameter)."""
+        uniform items drawn with ``generator``, one draw shared by the batch's positions (a
+        negative equal to a position's positive is masked out there). A batch with no counted position gives 0 (still connected to every parameter)."""
         h = self.hidden(batch["seq"], batch["beh"])
         target = batch["target"]
         mask = batch.get("target_mask")
@@ -108,12 +108,14 @@ class SASRec(RecModel):
             return F.cross_entropy(logits.float(), ts - 1)
         # drawn where the generator lives (the trainer's is a CPU one), then moved
         gen_device = generator.device if generator is not None else ts.device
-        neg = torch.randint(1, self.n_items + 1, (len(ts), self.negatives), generator=generator,
+        # one set of negatives shared by the batch's positions: (m, n) logits from one matmul,
+        # where per-position negatives would gather an (m, n, d) tensor (gigabytes at n = 1000)
+        neg = torch.randint(1, self.n_items + 1, (self.negatives,), generator=generator,
                             device=gen_device).to(ts.device)
-        cand = torch.cat([ts[:, None], neg], dim=1)  # (m, 1 + negatives), the positive first
-        logits = (hs[:, None, :].float() * self.item(cand).float()).sum(-1)
-        logits = torch.cat([logits[:, :1],
-                            logits[:, 1:].masked_fill(neg == ts[:, None], float("-inf"))], dim=1)
+        pos = (hs.float() * self.item(ts).float()).sum(-1, keepdim=True)  # (m, 1)
+        negl = (hs.float() @ self.item(neg).float().T).masked_fill(neg[None, :] == ts[:, None],
+                                                                   float("-inf"))
+        logits = torch.cat([pos, negl], dim=1)  # the positive first
         return F.cross_entropy(logits, torch.zeros(len(ts), dtype=torch.long, device=ts.device))
 
     def score_users(self, batch) -> torch.Tensor:
