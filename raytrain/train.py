@@ -319,19 +319,8 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu",
-                               weights_only=False)
-        if (saved["n_users"], saved["n_items"]) != (data.n_users, data.n_items):
-            raise ConfigError(
-                f"checkpoint of run {cfg.run.run_id!r} has {saved['n_users']} users x "
-                f"{saved['n_items']} items, the data {data.n_users} x {data.n_items}: the lake "
-                f"changed under the run; re-run with --fresh or a new --run-id")
-        was, now = saved.get("settings", {}), resume_settings(cfg)
-        changed = [f"{k}: {was[k]!r} -> {now.get(k)!r}" for k in sorted(was) if was[k] != now.get(k)]
-        if changed:
-            raise ConfigError(
-                f"the checkpoint of run {cfg.run.run_id!r} was trained with other settings "
-                f"({'; '.join(changed)}); re-run with --fresh or a new --run-id")
+            saved = load_state(d)
+        refuse_mismatched_resume(saved, cfg, data, run_id=cfg.run.run_id)
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
@@ -477,7 +466,12 @@ def _check_resume(cfg: Config, run_id: str, data) -> None:
                    and os.path.isfile(os.path.join(root, e, STATE_FILE)))
     if not ckpts:
         return
-    saved = load_state(os.path.join(root, ckpts[-1]))
+    refuse_mismatched_resume(load_state(os.path.join(root, ckpts[-1])), cfg, data, run_id=run_id)
+
+
+def refuse_mismatched_resume(saved: dict, cfg: Config, data, *, run_id: str) -> None:
+    """ConfigError naming every difference between a checkpoint's settings / users x items and
+    this run's (the driver's check and the workers' backstop both come here)."""
     was, now = saved.get("settings", {}), resume_settings(cfg)
     changed = [f"{k}: {was[k]!r} -> {now.get(k)!r}" for k in sorted(was) if was[k] != now.get(k)]
     if (saved["n_users"], saved["n_items"]) != (data.n_users, data.n_items):
