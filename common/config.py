@@ -133,6 +133,8 @@ class SplitConfig:
     valid_fraction: float = 0.0  # temporal: share of events between valid and test cutoffs
     min_user_interactions: int = 2  # users with fewer interactions stay in train entirely
     cold: str = "drop"  # drop | keep test rows whose user or item never appears in train
+    # models train on train + valid (the refit after a sweep: `reclake tune`); valid is empty
+    fold_valid: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class RunConfig:
     model: str = "als"  # a registered model (common/models.py): als | popularity | ...
     run_id: str | None = None  # default: generated (<model>-<UTC time>-<random>) and printed
     dataset: str | None = None  # label in metrics/evaluation; default ingest.source_format
+    # apply the best config of the latest sweep of (model, dataset, protocol) from
+    # metrics/best_configs (`reclake train|als --from-best`); its keys win over the file's
+    from_best: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,29 @@ class LightgcnConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune sweeps (``reclake tune``): ASHA over a searcher, objective valid NDCG@train.eval_k."""
+
+    trials: int = 8
+    max_concurrent: int = 1  # trials at once (1-2 on a 2-core machine)
+    space: str | None = None  # search-space file; default configs/tune/<model>.yaml
+    searcher: str = "optuna"  # optuna (TPE, seeded) | random
+    scheduler: str = "asha"  # asha (stops weak trials at rungs) | fifo (every trial runs out)
+    grace_period: int = 2  # ASHA: reports (epochs; ALS rungs) before a trial can be stopped
+    reduction_factor: int = 2  # ASHA: 1 / this share of trials goes on at each rung
+    seed: int = 0  # the searcher's seed
+    target: str = "all"  # the objective's truth: every valid pair, or those with one behaviour
+    name: str | None = None  # the sweep id; default tune-<model>-<dataset>-<protocol>
+    storage_path: str | None = None  # Tune's experiment folder; default <lake>/_ray_tune
+    resume: bool = False  # continue the interrupted sweep `name` (finished trials are kept)
+    fresh: bool = False  # discard an earlier sweep of that name and start over
+    refit: bool = True  # refit the best config on train + valid and evaluate it once on test
+    # ALS trials report validation NDCG after fits of these shares of als.max_iter (ASHA's rungs)
+    als_rungs: tuple[float, ...] = (0.25, 0.5, 1.0)
+    cpus_per_trial: float = 1.0  # ALS trials: CPUs reserved for the trial's own local Spark
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """``reclake demo``."""
 
@@ -310,6 +338,7 @@ class Config:
     ncf: NcfConfig = field(default_factory=NcfConfig)
     sasrec: SasrecConfig = field(default_factory=SasrecConfig)
     lightgcn: LightgcnConfig = field(default_factory=LightgcnConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def with_(self, **overrides: Any) -> Config:
@@ -579,11 +608,33 @@ def validate(cfg: Config) -> None:
     if cfg.influence.ablation_target not in vocab:
         raise ConfigError(f"influence.ablation_target must be a known behaviour {sorted(vocab)}")
     _validate_train(cfg, vocab)
+    _validate_tune(cfg, vocab)
     if cfg.evaluate.target != "all" and cfg.evaluate.target not in vocab:
         raise ConfigError(
             f"evaluate.target must be 'all' or a known behaviour {sorted(vocab)}, "
             f"got {cfg.evaluate.target!r}"
         )
+
+
+def _validate_tune(cfg: Config, vocab: set[str]) -> None:
+    u = cfg.tune
+    if u.trials < 1 or u.max_concurrent < 1:
+        raise ConfigError(f"tune.trials and tune.max_concurrent must be >= 1, got {u.trials} and "
+                          f"{u.max_concurrent}")
+    if u.searcher not in ("optuna", "random"):
+        raise ConfigError(f"tune.searcher must be optuna|random, got {u.searcher!r}")
+    if u.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"tune.scheduler must be asha|fifo, got {u.scheduler!r}")
+    if u.grace_period < 1 or u.reduction_factor < 2:
+        raise ConfigError("tune.grace_period must be >= 1 and tune.reduction_factor >= 2")
+    if u.target != "all" and u.target not in vocab:
+        raise ConfigError(f"tune.target must be 'all' or a known behaviour {sorted(vocab)}, "
+                          f"got {u.target!r}")
+    if not u.als_rungs or any(not 0 < r <= 1 for r in u.als_rungs):
+        raise ConfigError(f"tune.als_rungs must be shares of als.max_iter in (0, 1], got "
+                          f"{u.als_rungs}")
+    if u.cpus_per_trial <= 0:
+        raise ConfigError(f"tune.cpus_per_trial must be > 0, got {u.cpus_per_trial}")
 
 
 def _validate_train(cfg: Config, vocab: set[str]) -> None:

@@ -32,6 +32,8 @@ MODELS_NCF_EMBEDDINGS = "models/ncf_embeddings"
 MODELS_SASREC_EMBEDDINGS = "models/sasrec_embeddings"
 MODELS_LIGHTGCN_EMBEDDINGS = "models/lightgcn_embeddings"
 METRICS_EVALUATION = "metrics/evaluation"
+METRICS_TUNE_TRIALS = "metrics/tune_trials"  # every trial of every sweep (reclake tune)
+METRICS_BEST_CONFIGS = "metrics/best_configs"  # the best config of each sweep, valid + test
 INFLUENCE_EVENT_CONTRIBUTIONS = "influence/event_contributions"
 INFLUENCE_BEHAVIOR_TYPE = "influence/behavior_type"
 INFLUENCE_ITEMS = "influence/items"
@@ -69,6 +71,8 @@ ALL_TABLES: tuple[str, ...] = (
     MODELS_SASREC_EMBEDDINGS,
     MODELS_LIGHTGCN_EMBEDDINGS,
     METRICS_EVALUATION,
+    METRICS_TUNE_TRIALS,
+    METRICS_BEST_CONFIGS,
     INFLUENCE_EVENT_CONTRIBUTIONS,
     INFLUENCE_BEHAVIOR_TYPE,
     INFLUENCE_ITEMS,

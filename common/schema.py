@@ -71,6 +71,12 @@ def conf_col(behavior: str) -> str:
     return f"conf_{behavior}"
 
 
+def amount_col(behavior: str) -> str:
+    """gold/interactions column holding one behaviour's undecayed amount (count, sum or mean of
+    values, per ``confidence.amount``), from which tuning rebuilds `confidence`."""
+    return f"amt_{behavior}"
+
+
 # --- quarantine reason codes ----------------------------------------------------------------------
 MISSING_USER = "missing_user"
 MISSING_ITEM = "missing_item"
@@ -178,8 +184,9 @@ INDEX_SCHEMA = {
 }
 
 SPLIT_COLUMNS: tuple[str, ...] = (PROTOCOL, SPLIT, USER_IDX, ITEM_IDX, CONFIDENCE, TS)
-# gold/splits also carries cnt_<b> and conf_<b> for every behaviour of the vocabulary, so a
-# purchase-only target and the influence job's per-behaviour split need no other table.
+# gold/splits also carries cnt_<b>, conf_<b> and amt_<b> for every behaviour of the vocabulary,
+# so a purchase-only target, the influence job's per-behaviour split and a tuning trial's
+# confidence rebuilt with other weights (interactions.rebuild_confidence) need no other table.
 
 RECOMMENDATIONS_SCHEMA = T.StructType(
     [

@@ -8,13 +8,21 @@ from pyspark.sql import functions as F
 from common import schema as S
 
 
-def train_split(splits: DataFrame, *, protocol: str) -> DataFrame:
-    """``gold/splits`` -> the protocol's train rows ``user_idx, item_idx, confidence`` with
-    confidence > 0 (implicit models read r > 0 as a positive; r <= 0 would be no signal)."""
+def train_parts(fold_valid: bool) -> tuple[str, ...]:
+    """The parts a model trains on: train, plus valid for the refit after a sweep
+    (``split.fold_valid``)."""
+    return (S.TRAIN, S.VALID) if fold_valid else (S.TRAIN,)
+
+
+def train_split(splits: DataFrame, *, protocol: str, fold_valid: bool = False) -> DataFrame:
+    """``gold/splits`` -> the protocol's train rows (and valid rows with ``fold_valid``)
+    ``user_idx, item_idx, confidence`` with confidence > 0 (implicit models read r > 0 as a
+    positive; r <= 0 would be no signal)."""
     S.require_columns(splits, S.PROTOCOL, S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
                       where="gold/splits")
     return splits.where(
-        (F.col(S.PROTOCOL) == protocol) & (F.col(S.SPLIT) == S.TRAIN) & (F.col(S.CONFIDENCE) > 0)
+        (F.col(S.PROTOCOL) == protocol) & F.col(S.SPLIT).isin(*train_parts(fold_valid))
+        & (F.col(S.CONFIDENCE) > 0)
     ).select(
         F.col(S.USER_IDX).cast("int").alias(S.USER_IDX),
         F.col(S.ITEM_IDX).cast("int").alias(S.ITEM_IDX),

@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run to write (re-running replaces its rows); generated when absent")
     p.add_argument("--k", dest="recommend.k", type=int, default=None,
                    help="recommendations per user (default 10)")
+    p.add_argument("--from-best", dest="run.from_best", action="store_const", const=True,
+                   default=None, help="apply the best config of the latest `reclake tune` sweep "
+                                      "of this model, dataset and protocol (its keys win)")
     p.add_argument("--include-seen", dest="recommend.exclude_seen", action="store_const",
                    const=False, default=None,
                    help="let a user's train items be recommended (default: excluded)")
@@ -140,7 +143,8 @@ def _train_rows(ctx: TrainContext) -> tuple[DataFrame, DataFrame]:
     """The pinned ``gold/splits`` and the protocol's cached train rows (a clear error when the
     protocol has none)."""
     splits = ctx.read(L.GOLD_SPLITS)
-    train = train_split(splits, protocol=ctx.protocol).cache()
+    train = train_split(splits, protocol=ctx.protocol,
+                        fold_valid=ctx.cfg.split.fold_valid).cache()
     if train.limit(1).count() == 0:
         train.unpersist()
         have = [r[0] for r in splits.select(S.PROTOCOL).distinct().collect()]
@@ -155,6 +159,10 @@ def fit_run(spark: SparkSession, cfg: Config) -> RunRecord:
     """Fit ``cfg.run.model`` on ``cfg.split.protocol``, write its recommendations, artefacts and
     run record. Returns the record."""
     lake = Lake(cfg.lake)
+    if cfg.run.from_best:
+        from common.tuning import apply_best
+
+        cfg = apply_best(cfg, lake).with_(**{"run.from_best": False})
     name, protocol = cfg.run.model, cfg.split.protocol
     run_id = cfg.run.run_id or new_run_id(name)
     print(f"run_id: {run_id}  (model={name}, protocol={protocol})")

@@ -157,8 +157,8 @@ def mark_cold(split_df: DataFrame) -> DataFrame:
 def build_splits(
     spark: SparkSession, lake: Lake, *, cfg: Config
 ) -> tuple[DataFrame, dict, DataFrame]:
-    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS`` plus ``cnt_<b>`` and
-    ``conf_<b>`` of every behaviour), counts per split
+    """``gold/splits`` rows of one protocol (columns ``schema.SPLIT_COLUMNS`` plus ``cnt_<b>``,
+    ``conf_<b>`` and ``amt_<b>`` of every behaviour), counts per split
     and cold kind, and the cached intermediate to unpersist once the rows are written."""
     protocol = cfg.split.protocol
     info: dict = {}
@@ -188,6 +188,7 @@ def build_splits(
         F.lit(protocol).alias(S.PROTOCOL), S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
         F.col(S.LAST_TS).alias(S.TS),
         *[S.count_col(b) for b in cfg.vocabulary], *[S.conf_col(b) for b in cfg.vocabulary],
+        *[S.amount_col(b) for b in cfg.vocabulary],
     )
     return out, info, marked
 

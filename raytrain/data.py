@@ -46,6 +46,7 @@ from common import schema as S
 from common.config import Config, ConfigError
 from common.lake import Lake, VersionNotReadable
 from common.log import get_logger
+from common.splits import train_parts
 
 if TYPE_CHECKING:
     import ray.data
@@ -308,6 +309,8 @@ def load_train_data(lake: Lake, cfg: Config, versions: Mapping[str, int], *,
     items = _index_column(got[S.ITEM_IDX], S.ITEM_IDX, where)
     part, pos = got["_part"], got["_pos"].astype(bool)
     del got
+    if cfg.split.fold_valid:  # the refit after a sweep: valid rows train too, nothing validates
+        part[part == _PART_CODES[S.VALID]] = _PART_CODES[S.TRAIN]
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     train = part == _PART_CODES[S.TRAIN]
     seen = train & pos
@@ -346,7 +349,8 @@ def load_train_data(lake: Lake, cfg: Config, versions: Mapping[str, int], *,
         test_indptr=csr[S.TEST][0], test_indices=csr[S.TEST][1], counts=counts)
     pairs = read_table(lake, L.GOLD_SPLITS, version,
                        columns=[S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE], filter_protocol=protocol,
-                       predicate=(pc.field(S.SPLIT) == S.TRAIN) & (pc.field(S.CONFIDENCE) > 0),
+                       predicate=(pc.field(S.SPLIT).isin(list(train_parts(cfg.split.fold_valid)))
+                                  & (pc.field(S.CONFIDENCE) > 0)),
                        storage_options=storage_options)
     return data, pairs
 
@@ -478,12 +482,14 @@ def restrict_to_train(batch: pa.Table, *, keys: np.ndarray, train_ts: np.ndarray
 
 
 def train_ts_lookup(lake: Lake, version: int, protocol: str, n_items: int, *,
-                    storage_options: Mapping[str, str] | None = None
+                    storage_options: Mapping[str, str] | None = None, fold_valid: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(sorted keys u * n_items + i, train ts in int64 microseconds) of every train pair of the
-    protocol in ``gold/splits`` at ``version`` (16 bytes per train pair)."""
+    protocol in ``gold/splits`` at ``version`` (16 bytes per train pair; valid pairs count as
+    train with ``fold_valid``)."""
     ds = read_table(lake, L.GOLD_SPLITS, version, columns=[S.USER_IDX, S.ITEM_IDX, S.TS],
-                    filter_protocol=protocol, predicate=pc.field(S.SPLIT) == S.TRAIN,
+                    filter_protocol=protocol,
+                    predicate=pc.field(S.SPLIT).isin(list(train_parts(fold_valid))),
                     storage_options=storage_options)
 
     def encode(batch: pa.Table) -> pa.Table:
@@ -518,7 +524,8 @@ def load_sequences(lake: Lake, cfg: Config, versions: Mapping[str, int], data: T
                  "are at most %d events long", cfg.sequences.max_len, max_len + 1,
                  cfg.sequences.max_len)
     keys, train_ts = train_ts_lookup(lake, int(versions[L.GOLD_SPLITS]), data.protocol,
-                                     data.n_items, storage_options=storage_options)
+                                     data.n_items, storage_options=storage_options,
+                                     fold_valid=cfg.split.fold_valid)
     ds = read_table(lake, L.GOLD_SEQUENCES, int(versions[L.GOLD_SEQUENCES]),
                     columns=[S.USER_IDX, "item_seq", "behavior_seq", "ts_seq"],
                     storage_options=storage_options)

@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="discard the run's earlier checkpoints instead of resuming from them")
     p.add_argument("--k", dest="recommend.k", type=int, default=None,
                    help="recommendations per user (default 10)")
+    p.add_argument("--from-best", dest="run.from_best", action="store_const", const=True,
+                   default=None, help="apply the best config of the latest `reclake tune` sweep "
+                                      "of this model, dataset and protocol (its keys win)")
     g = p.add_argument_group("training (every train.* key also via --set)")
     g.add_argument("--epochs", dest="train.epochs", type=int, default=None, metavar="N")
     g.add_argument("--batch-size", dest="train.batch_size", type=int, default=None, metavar="N")
@@ -429,9 +432,10 @@ def storage_path(cfg: Config) -> str:
     return cfg.train.storage_path or f"{Lake(cfg.lake).root.rstrip('/')}/_ray_results"
 
 
-def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str):
+def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str, callbacks=None):
     """The ``TorchTrainer`` of a run (``datasets``: ``train`` sharded across workers, ``history``
-    given whole to every worker)."""
+    given whole to every worker; ``callbacks``: Ray Train callbacks, e.g. Tune's
+    ``TuneReportCallback`` when a sweep's trial runs it)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -447,7 +451,7 @@ def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str):
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=run_id, storage_path=store,
+            name=run_id, storage_path=store, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
         datasets=datasets,
@@ -573,6 +577,10 @@ def train_run(cfg: Config) -> RunRecord:
     from raytrain import data as D
     from raytrain import lake_io as IO
 
+    if cfg.run.from_best:
+        from common.tuning import apply_best
+
+        cfg = apply_best(cfg, Lake(cfg.lake)).with_(**{"run.from_best": False})
     preflight(cfg)
     from jobs.fit import new_run_id  # the run-id format of every model
 

@@ -8,7 +8,10 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
+from common import lake as L
 from common import schema as S
+from common.interactions import build_interactions, read_indexed_events
+from common.lake import Lake
 from jobs import split as SP
 
 pytestmark = pytest.mark.spark
@@ -122,3 +125,32 @@ def test_mark_cold_users_and_items(spark, make_cfg):
            for r in SP.mark_cold(df).collect()}
     assert got == {(0, 0, "train"): (False, False), (0, 1, "test"): (False, True),
                    (1, 0, "test"): (True, False), (0, 0, "valid"): (False, False)}
+
+
+def test_split_stage_writes_amounts_for_every_protocol(spark, make_cfg):
+    cfg = make_cfg(**{"confidence.amount.purchase": "sum_value"})
+    lake = Lake(cfg.lake)
+    # 3 users x 4 items, one view a day; pair (0, 0) also has an early view and two purchases
+    rows = [(f"u{u}", f"i{i}", "view", None, T0 + timedelta(days=1 + 4 * i + u), "b0")
+            for u in range(3) for i in range(4)]
+    rows += [("u0", "i0", "view", None, T0, "b0"), ("u0", "i0", "purchase", 6.0, T0, "b0"),
+             ("u0", "i0", "purchase", 1.5, T0, "b0")]
+    lake.write(spark.createDataFrame(rows, "user_id string, item_id string, behavior string, "
+                                           "value double, ts timestamp, batch_id string"),
+               L.SILVER_EVENTS)
+    lake.write(spark.createDataFrame([(f"u{u}", u) for u in range(3)], "user_id string, user_idx int"),
+               L.SILVER_USER_INDEX)
+    lake.write(spark.createDataFrame([(f"i{i}", i) for i in range(4)], "item_id string, item_idx int"),
+               L.SILVER_ITEM_INDEX)
+    lake.write(build_interactions(read_indexed_events(spark, lake), cfg=cfg), L.GOLD_INTERACTIONS)
+    for protocol in ("stratified", "temporal", "leave_last_out"):
+        SP.main(spark, cfg.with_(**{"split.protocol": protocol}))
+    splits = lake.read(spark, L.GOLD_SPLITS)
+    vocab = cfg.vocabulary
+    assert splits.columns == [*S.SPLIT_COLUMNS, *[S.count_col(b) for b in vocab],
+                              *[S.conf_col(b) for b in vocab], *[S.amount_col(b) for b in vocab]]
+    first = {r.protocol: r for r in splits.where("user_idx = 0 AND item_idx = 0").collect()}
+    assert set(first) == {"stratified", "temporal", "leave_last_out"}
+    for r in first.values():  # undecayed count of views, sum of purchase values, 0.0 when absent
+        assert (r.amt_view, r.amt_purchase, r.amt_cart, r.amt_rating) == (2.0, 7.5, 0.0, 0.0)
+    assert splits.where(F.col(S.amount_col(S.VIEW)).isNull()).count() == 0
