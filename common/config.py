@@ -114,6 +114,9 @@ class ConfidenceConfig:
     # how a behaviour's amount is measured: count (events, time-decayed), sum_value, mean_value
     amount: Mapping[str, str] = field(default_factory=lambda: {S.RATING_B: "mean_value"})
     half_life_days: float | None = None  # None: no decay
+    # models rebuild confidence from gold/splits' amt_<b> with this section (no re-ingest), not
+    # read the stored column: set by `reclake tune`'s ALS trials, its refit and --from-best
+    rebuild: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,11 @@ class GenerateConfig:
     taste_concentration: float = 0.15  # Dirichlet concentration of a user's taste mixture
     taste_share: float = 0.85  # share of views drawn from the user's tastes (rest: popularity)
     taste_funnel: float = 2.0  # click / cart rate lift on the user's own clusters
+    fav_rate: float = 0.05  # base rate of a fav on a view (lifted on the user's clusters too)
+    # planted dependence of purchases on earlier behaviours: behaviour (view | click | fav |
+    # cart) -> probability that an event of it on item i is followed in its session by a
+    # purchase of partner(i) (jobs/generate/world.py); empty: off
+    behavior_signal: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

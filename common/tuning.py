@@ -150,9 +150,13 @@ def load_space(path: str, *, model: str, cfg: Config) -> Space:
                               f"{', '.join(s + '.*' for s in sections)}{hint}")
         for v in p.values_to_check():
             check_override(cfg, p.key, v, where=path)
+    if baseline and set(baseline) != {p.key for p in params}:
+        missing = sorted({p.key for p in params} - set(baseline))
+        extra = sorted(set(baseline) - {p.key for p in params})
+        raise ConfigError(f"{path}: the baseline must give every key of the space and no other"
+                          + (f"; missing {missing}" if missing else "")
+                          + (f"; not in the space {extra}" if extra else ""))
     for k, v in baseline.items():
-        if k not in {p.key for p in params}:
-            raise ConfigError(f"{path}: baseline key {k} is not in the space")
         check_override(cfg, k, v, where=f"{path} baseline")
     return Space(path=path, params=params, baseline=baseline)
 
@@ -191,11 +195,16 @@ def best_configs_schema():
     return pa.schema([
         pa.field("sweep_id", pa.string(), False), pa.field(S.MODEL, pa.string(), False),
         pa.field(S.DATASET, pa.string()), pa.field(S.PROTOCOL, pa.string(), False),
+        pa.field("trial_id", pa.string(), False),
         pa.field("params", pa.string(), False),  # JSON: config key -> value (refit settings)
-        pa.field(S.METRIC, pa.string(), False), pa.field("valid_value", pa.float64()),
-        pa.field("baseline_value", pa.float64()),  # the space's baseline point, when it has one
+        pa.field(S.METRIC, pa.string(), False), pa.field("target", pa.string()),
+        pa.field("valid_value", pa.float64()),
         pa.field("test_value", pa.float64()),  # after the refit on train + valid
-        pa.field("refit_run_id", pa.string()), pa.field("trials", pa.int32()),
+        pa.field("refit_run_id", pa.string()),
+        # the space's baseline point (when it has one): its params, valid and refit test values
+        pa.field("baseline_params", pa.string()), pa.field("baseline_value", pa.float64()),
+        pa.field("baseline_test_value", pa.float64()),
+        pa.field("trials", pa.int32()),
         pa.field("seconds", pa.float64()), pa.field("inputs", pa.string()),  # JSON versions
         pa.field(S.CREATED_AT, pa.timestamp("us")),
     ])

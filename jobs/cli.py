@@ -43,6 +43,7 @@ STAGES: dict[str, str] = {
     "fit": "jobs.fit",
     "als": "jobs.als",
     "train": "raytrain.train",
+    "tune": "raytrain.tune",
     "evaluate": "jobs.evaluate",
     "influence": "jobs.influence",
     "demo": "jobs.demo",

@@ -43,7 +43,7 @@ from common.lake import Lake, quote
 from common.log import get_logger, timed
 from common.models import TrainContext
 from common.runs import RunRecord, write_run
-from common.splits import train_split
+from common.splits import model_train_rows
 from jobs.models.topk import seen_items, users_with_nothing_seen
 
 log = get_logger("fit")
@@ -143,8 +143,7 @@ def _train_rows(ctx: TrainContext) -> tuple[DataFrame, DataFrame]:
     """The pinned ``gold/splits`` and the protocol's cached train rows (a clear error when the
     protocol has none)."""
     splits = ctx.read(L.GOLD_SPLITS)
-    train = train_split(splits, protocol=ctx.protocol,
-                        fold_valid=ctx.cfg.split.fold_valid).cache()
+    train = model_train_rows(splits, cfg=ctx.cfg).cache()
     if train.limit(1).count() == 0:
         train.unpersist()
         have = [r[0] for r in splits.select(S.PROTOCOL).distinct().collect()]

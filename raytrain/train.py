@@ -60,6 +60,7 @@ log = get_logger("train")
 NEEDS_SPARK = False
 STATE_FILE = "state.pt"
 DEEP_MODELS = ("ncf", "sasrec", "lightgcn")
+PLACEMENT_GROUP_KEY = "worker_placement_group"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -290,6 +291,7 @@ def train_loop_per_worker(config: dict) -> None:
     sequences, sharded), ``history`` (sequences, whole; SASRec only)."""
     import ray.train
     import ray.train.torch
+    import ray.util
     import torch
 
     from raytrain import data as D
@@ -302,6 +304,12 @@ def train_loop_per_worker(config: dict) -> None:
         import logging
 
         logging.getLogger("ray").setLevel(logging.WARNING)
+        try:  # Train V2 logs every report at INFO under a logger named by its file's path
+            from ray.train.v2._internal.execution import context as train_context
+
+            logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+        except ImportError:
+            pass
     kind = models.get(name).kind
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -405,6 +413,12 @@ def train_loop_per_worker(config: dict) -> None:
         state["history"].append({**metrics, "rank0_s": time.perf_counter() - t0})
         metrics.update(best_epoch=state["best_epoch"], best_score=state["best"])
         if rank == 0:
+            # the worker group's placement group: a sweep's driver removes it when Tune stops
+            # the trial mid-run (Train's own cleaner needs the State API, absent without a
+            # dashboard); raytrain.tune reads it from the reports
+            pg = ray.util.get_current_placement_group()
+            if pg is not None:
+                metrics[PLACEMENT_GROUP_KEY] = pg.id.hex()
             valid = metrics.get(f"valid_ndcg@{t.eval_k}")
             print(f"epoch {epoch}: loss {metrics['loss']:.4f}"
                   + (f", valid ndcg@{t.eval_k} {valid:.4f}" if valid is not None else "")

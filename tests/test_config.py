@@ -167,7 +167,20 @@ def test_extends_merges_the_base_file_under_this_one(tmp_path: Path):
 
 def test_repo_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
-    files = sorted(root.rglob("*.yaml"))
+    files = sorted(f for f in root.rglob("*.yaml") if f.parent.name != "tune")
     assert len(files) >= 3
     for f in files:
         load_config(f)  # every shipped config (and what it extends) is valid
+
+
+def test_repo_search_spaces_load():
+    from common.tuning import load_space
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "tune"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"als", "als-weights", "ncf", "lightgcn", "sasrec"}
+    cfg = load_config()
+    for f in files:  # every shipped search space parses and its values pass validation
+        model = "als" if f.stem.startswith("als") else f.stem
+        space = load_space(str(f), model=model, cfg=cfg)
+        assert space.params

@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from common import schema as S
-from common.config import ConfigError, load_config
+from common.config import Config, ConfigError, load_config
 from jobs import generate as G
 from jobs.generate import world as W
 
@@ -271,6 +272,9 @@ def test_manifest_records_the_planted_structure(dirty_run):
     assert sum(planted["items_per_cluster"]) == 400 and sum(planted["categories_per_cluster"]) == 12
     assert 0 < planted["mean_top_cluster_share"] <= planted["mean_top2_cluster_share"] <= 1
     assert all(m["planted"] == planted for m in manifests.values())
+    # the behaviour signal is off by default: no planted purchases
+    assert planted["behavior_signal"] == {} and planted["fav_rate"] == 0.05
+    assert planted["planted_purchases"] == {S.VIEW: 0, S.CLICK: 0, S.FAV: 0, S.CART: 0}
 
 
 def test_planted_tastes_predict_views_better_than_popularity(clean_cfg, clean_events):
@@ -330,6 +334,140 @@ def test_values_and_ids(clean_events):
     # an item keeps one category and one price
     assert ev.groupby(S.ITEM_ID)[S.CATEGORY_ID].nunique().max() == 1
     assert ev[ev[S.BEHAVIOR] == S.CART].groupby(S.ITEM_ID)[S.VALUE].nunique().max() == 1
+
+
+# --- planted behaviour signal ---------------------------------------------------------------------
+
+SIGNAL = {S.CART: 0.9, S.FAV: 0.4, S.VIEW: 0.0}
+
+
+@pytest.fixture(scope="module")
+def signal_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("signal")
+    cfg = make_cfg(out, users=300, items=200, events=20_000, chunk_events=5000, dirty_rate=0.0,
+                   formats="csv,taobao", fav_rate=0.3, behavior_signal=SIGNAL)
+    return cfg, G.write_formats(cfg)
+
+
+def _view_groups(out: Path, partner: np.ndarray):
+    """The csv's events in session order, cut into view groups (a view and the events up to the
+    session's next view). Returns the events, with ``own`` (the event is on its group's viewed
+    item) and ``of_partner`` (a purchase of that item's partner), and per group: a cart or fav of
+    the viewed item, and a purchase of its partner."""
+    ev = pd.concat([pd.read_csv(p, dtype={S.SESSION_ID: str})
+                    for p in sorted((out / "csv").glob("part-*.csv"))], ignore_index=True)
+    ev = ev.sort_values([S.SESSION_ID, S.TS], kind="stable", ignore_index=True)
+    b, item = ev[S.BEHAVIOR], ev[S.ITEM_ID]
+    view = b.eq(S.VIEW)
+    group = (view | ev[S.SESSION_ID].ne(ev[S.SESSION_ID].shift())).cumsum()
+    viewed = item.where(view).groupby(group).transform("first").fillna(0).astype(int)
+    own = item.eq(viewed)
+    # ids are 1-based; a group no view opens (its view dropped as a repeat) has no partner
+    of_partner = np.where(viewed > 0, partner[np.maximum(viewed - 1, 0)] + 1, -1)
+    flags = pd.DataFrame({"cart": b.eq(S.CART) & own, "fav": b.eq(S.FAV) & own,
+                          "bought": b.eq(S.PURCHASE) & item.eq(of_partner)})
+    return ev.assign(own=own, of_partner=flags.bought), flags.groupby(group).any()
+
+
+def test_behavior_signal_plants_partner_purchases(signal_run):
+    """Carts are followed by the partner's purchase ~90% of the time, favs ~40%, plain views
+    never; the manifest counts the planted purchases and records the settings."""
+    cfg, manifests = signal_run
+    world = W.world_of(cfg.generate)
+    ev, groups = _view_groups(Path(cfg.generate.out), world.item_partner)
+    cart_only = groups[groups.cart & ~groups.fav]
+    fav_only = groups[groups.fav & ~groups.cart]
+    plain = groups[~groups.fav & ~groups.cart]
+    assert len(cart_only) > 300 and len(fav_only) > 1000 and len(plain) > 3000
+    assert abs(cart_only.bought.mean() - 0.9) < 0.05
+    assert abs(fav_only.bought.mean() - 0.4) < 0.05
+    assert plain.bought.sum() == 0
+
+    planted = manifests["csv"]["planted"]
+    assert planted["behavior_signal"] == SIGNAL and planted["fav_rate"] == 0.3
+    assert planted["partner_rule"] == W.PARTNER_RULE
+    counts = planted["planted_purchases"]
+    assert counts[S.VIEW] == counts[S.CLICK] == 0
+    written = manifests["csv"]["behaviors"]
+    assert abs(counts[S.FAV] / written[S.FAV] - 0.4) < 0.05
+    assert abs(counts[S.CART] / written[S.CART] - 0.9) < 0.05
+    # a purchase of anything but the viewed item is a planted one, of the viewed item's partner
+    bought = ev[ev[S.BEHAVIOR].eq(S.PURCHASE) & ~ev.own]
+    assert len(bought) == counts[S.FAV] + counts[S.CART] and bought.of_partner.all()
+    assert manifests["taobao"]["planted"] == planted
+    # at the partner's price, the one its carts carry
+    price = ev[ev[S.BEHAVIOR].eq(S.CART)].groupby(S.ITEM_ID)[S.VALUE].first()
+    known = bought[bought[S.ITEM_ID].isin(price.index)]
+    assert len(known) > 100
+    assert np.allclose(known[S.VALUE].to_numpy(), price[known[S.ITEM_ID]].to_numpy())
+
+
+@pytest.mark.parametrize("items, categories", [(200, 12), (60, 50), (2, 1), (3, 3)])
+def test_partner_is_another_item_of_the_category_fixed_by_seed(tmp_path, items, categories):
+    cfg = make_cfg(tmp_path, items=items, categories=categories)
+    w = W.world_of(cfg.generate)
+    partner = w.item_partner
+    everyone = np.arange(items)
+    assert (partner != everyone).all() and ((0 <= partner) & (partner < items)).all()
+    size = np.bincount(w.item_category)[w.item_category]
+    shared = size > 1
+    assert (w.item_category[partner[shared]] == w.item_category[shared]).all()
+    # within a category of several items: a permutation of the category (a derangement)
+    assert len(np.unique(partner[shared])) == shared.sum()
+    # alone in its category: another item of its taste cluster where the cluster has one
+    cluster_size = np.bincount(w.item_cluster)[w.item_cluster]
+    lone = ~shared & (cluster_size > 1)
+    assert (w.item_cluster[partner[lone]] == w.item_cluster[lone]).all()
+    if items == 60:
+        assert (~shared).sum() > 5  # the case is exercised
+    # fixed by the seed: a fresh build gives the same map, another seed another one
+    W._world.cache_clear()
+    assert np.array_equal(W.world_of(cfg.generate).item_partner, partner)
+    other = W.world_of(make_cfg(tmp_path, items=items, categories=categories, seed=8).generate)
+    if items >= 60:
+        assert not np.array_equal(other.item_partner, partner)
+
+
+def test_behavior_signal_keys_override_one_entry():
+    cfg = load_config(overrides=["generate.behavior_signal.cart=0.9"])
+    assert dict(cfg.generate.behavior_signal) == {S.CART: 0.9}
+    cfg = Config().with_(**{"generate.behavior_signal.cart": 0.9,
+                            "generate.behavior_signal.fav": 0.4, "generate.fav_rate": 0.2})
+    assert dict(cfg.generate.behavior_signal) == {S.CART: 0.9, S.FAV: 0.4}
+    assert cfg.generate.fav_rate == 0.2
+    with pytest.raises(TypeError):
+        cfg.generate.behavior_signal["view"] = 0.5  # read-only like every config mapping
+    assert load_config("configs/default.yaml").generate.behavior_signal == {}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({S.PURCHASE: 0.5}, "behavior_signal.purchase: 'purchase' cannot trigger"),
+        ({"buy": 0.5}, "behavior_signal.buy"),
+        ({S.CART: 1.5}, r"behavior_signal.cart must be a probability in \[0, 1\], got 1.5"),
+        ({S.FAV: -0.1}, "behavior_signal.fav must be a probability"),
+    ],
+)
+def test_invalid_behavior_signal_is_rejected(tmp_path, bad, message):
+    with pytest.raises(ConfigError, match=message):
+        G.write_formats(make_cfg(tmp_path, behavior_signal=bad))
+
+
+def test_behavior_signal_flag_parses_into_the_mapping(capsys):
+    p = argparse.ArgumentParser()
+    G.add_arguments(p)
+    ns = p.parse_args(["--behavior-signal", "cart=0.9, fav=0.4,view=0", "--fav-rate", "0.2"])
+    values = {k: v for k, v in vars(ns).items() if v is not None}
+    assert values == {"generate.behavior_signal": {S.CART: 0.9, S.FAV: 0.4, S.VIEW: 0.0},
+                      "generate.fav_rate": 0.2}
+    g = load_config(values=values).generate
+    assert dict(g.behavior_signal) == values["generate.behavior_signal"] and g.fav_rate == 0.2
+    for spec, said in [("cart", "must look like BEHAVIOR=PROBABILITY"), ("cart=x", "not a number"),
+                       ("buy=0.5", "cannot trigger"), ("cart=0.1,cart=0.2", "given twice")]:
+        with pytest.raises(SystemExit):
+            p.parse_args(["--behavior-signal", spec])
+        assert said in capsys.readouterr().err
 
 
 # --- dirty rows, checked by the independent parsers -----------------------------------------------
@@ -496,6 +634,8 @@ def test_main_prints_progress_and_returns_manifests(tmp_path, capsys):
         {"events": 0},
         {"start": "soon"},
         {"chunk_events": 1, "days": 1},
+        {"fav_rate": 1.2},
+        {"items": 1, "behavior_signal": {S.CART: 0.5}},
     ],
 )
 def test_invalid_settings_are_rejected(tmp_path, bad):

@@ -12,10 +12,16 @@ output depends on the config alone and the part files are in time order, like a 
 The world has learnable structure (``world.py``): Zipf item popularity, plus users whose views
 follow a mixture over ``generate.taste_clusters`` taste clusters of categories, each cluster with
 its own Zipf ranking of its items, and click / cart rates that rise on the user's own clusters.
+Optionally (``--behavior-signal cart=0.9,fav=0.4,view=0``, off by default) purchases depend on
+earlier behaviours: an event of behaviour b on item i is followed in its session, with probability
+p_b, by a purchase of ``partner(i)``, a fixed seeded other item of i's category (``world.py``).
+
+    reclake generate --behavior-signal cart=0.9,fav=0.4,view=0 --fav-rate 0.2
 
 Writes ``<out>/<format>/part-NNNNN.<ext>`` (one part per chunk) and ``<out>/<format>/_manifest.json``
 (row counts, duplicates, dirty rows by reason code, behaviour counts, seed, files, and the planted
-structure's parameters under ``planted``).
+structure's parameters under ``planted``, with ``planted_purchases``: the planted purchases
+written per triggering behaviour).
 
 Formats:
     csv, jsonl, parquet   generic: user_id, item_id, behavior, value, ts, session_id, category_id
@@ -41,7 +47,7 @@ import time
 from common.config import Config
 from jobs.generate.manifest import MANIFEST
 from jobs.generate.render import FORMATS, GENERIC_COLUMNS, GENERIC_SCHEMA
-from jobs.generate.sessions import n_chunks, window
+from jobs.generate.sessions import TRIGGER_NAMES, n_chunks, window
 from jobs.generate.world import planted_structure
 from jobs.generate.write import generate_chunk, rate, validate, write_formats
 
@@ -57,6 +63,7 @@ __all__ = [
     "generate_chunk",
     "main",
     "n_chunks",
+    "parse_behavior_signal",
     "planted_structure",
     "validate",
     "window",
@@ -90,6 +97,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("--taste-clusters", "generate.taste_clusters", "N", "taste clusters of categories", int)
     flag("--taste-share", "generate.taste_share", "R",
          "share of views drawn from the user's taste clusters (the rest by popularity)", float)
+    flag("--fav-rate", "generate.fav_rate", "R", "base rate of a fav on a view (default 0.05)",
+         float)
+    flag("--behavior-signal", "generate.behavior_signal", "B=P,...",
+         "planted purchases: P(an event of behaviour B on item i is followed by a purchase of "
+         f"partner(i)), B in {','.join(TRIGGER_NAMES)}, e.g. cart=0.9,fav=0.4,view=0",
+         parse_behavior_signal)
+
+
+def parse_behavior_signal(text: str) -> dict[str, float]:
+    """``cart=0.9,fav=0.4,view=0`` -> ``{"cart": 0.9, "fav": 0.4, "view": 0.0}`` (an empty text:
+    off). Ranges are checked with the rest of the config (``write.validate``)."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        b, sep, p = (x.strip() for x in part.partition("="))
+        if not sep or not b:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} must look like BEHAVIOR=PROBABILITY (e.g. cart=0.9)")
+        if b not in TRIGGER_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"{b!r} cannot trigger a planted purchase; use some of {', '.join(TRIGGER_NAMES)}")
+        if b in out:
+            raise argparse.ArgumentTypeError(f"{b!r} is given twice")
+        try:
+            out[b] = float(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {p!r} is not a number") from None
+    return out
 
 
 def main(spark, cfg: Config) -> dict[str, dict]:

@@ -1,6 +1,7 @@
 """The per-format manifest, ``<out>/<format>/_manifest.json``: row counts (clean, duplicates,
 dirty by reason code), behaviour counts (canonical and in the format's own words), the settings,
-the part files, and the planted taste structure."""
+the part files, and the planted structure (tastes; with ``generate.behavior_signal``, the planted
+purchases written per triggering behaviour)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from common import schema as S
 from common.config import GenerateConfig
 from jobs.generate.render import Format, iso_second
-from jobs.generate.sessions import window
+from jobs.generate.sessions import TRIGGER_NAMES, TRIGGERS, window
 from jobs.generate.world import planted_structure
 
 MANIFEST = "_manifest.json"
@@ -28,10 +29,13 @@ class Tally:
         self.dirty_by_kind = dict.fromkeys(fmt.kinds, 0)
         self.behaviors = dict.fromkeys(S.CANONICAL_BEHAVIORS, 0)
         self.labels: dict[str, int] = {}
+        self.planted = dict.fromkeys(TRIGGER_NAMES, 0)
 
-    def add(self, name: str, behavior: np.ndarray, n_dup: int, dirty: dict[str, int]) -> None:
-        """One part file: its name, the behaviour codes of its clean rows, its duplicates and
-        dirty rows by kind."""
+    def add(self, name: str, behavior: np.ndarray, n_dup: int, dirty: dict[str, int],
+            trigger: np.ndarray) -> None:
+        """One part file: its name, the behaviour codes of its clean rows, its duplicates, dirty
+        rows by kind, and its clean rows' triggers (``Events.trigger``: -1 but on planted
+        purchases)."""
         self.files.append(name)
         self.clean += len(behavior)
         self.duplicates += n_dup
@@ -44,6 +48,8 @@ class Tally:
             label = self.fmt.labels[code]
             if label is not None:
                 self.labels[label] = self.labels.get(label, 0) + int(c)
+        for code, b in zip(TRIGGERS, TRIGGER_NAMES, strict=True):
+            self.planted[b] += int((trigger == code).sum())
 
 
 def manifest(tally: Tally, g: GenerateConfig) -> dict:
@@ -67,7 +73,7 @@ def manifest(tally: Tally, g: GenerateConfig) -> dict:
         "categories": g.categories,
         "dirty_rate": g.dirty_rate,
         "window": {"start": iso_second(t0), "end": iso_second(t1)},
-        "planted": planted_structure(g),
+        "planted": {**planted_structure(g), "planted_purchases": tally.planted},
     }
 
 

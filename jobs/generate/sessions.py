@@ -4,6 +4,10 @@ A session belongs to one user (drawn by activity), holds a geometric number of v
 world draws for that user, and each view may go on down the funnel view -> click -> cart ->
 purchase -> rating (fav on the side). Click and cart rates rise with the user's affinity for the
 item's taste cluster (``generate.taste_funnel``), scaled so a user's mean rates stay the base ones.
+
+With ``generate.behavior_signal`` set, each view, click, fav or cart of behaviour b on item i is
+followed, with probability ``behavior_signal[b]``, by a purchase of ``partner(i)`` (world.py) after
+that view's own follow-ups: the planted dependence of purchases on earlier behaviours.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from common import schema as S
 from common.config import ConfigError, GenerateConfig
 from jobs.generate.world import CART, CLICK, FAV, PURCHASE, RATING, VIEW, World, world_of
 
-P_CLICK, P_CART, P_PURCHASE, P_FAV, P_RATE = 0.35, 0.3, 0.5, 0.05, 0.3
+P_CLICK, P_CART, P_PURCHASE, P_RATE = 0.35, 0.3, 0.5, 0.3  # fav: generate.fav_rate
 RATING_P = np.array([0.05, 0.08, 0.17, 0.42, 0.28])  # stars 1..5, mode at 4
 P_NEXT_VIEW = 0.25  # views per session ~ geometric, mean 4
 MAX_VIEWS = 50
@@ -26,6 +31,12 @@ MAX_SESSION_EVENTS = MAX_VIEWS * 6
 DWELL_VIEW_S, DWELL_ACTION_S, MAX_GAP_S = 45.0, 10.0, 600
 # columns of the per-view behaviour matrix, in the order the events happen within a view
 VIEW_FLOW = np.array([VIEW, CLICK, FAV, CART, PURCHASE, RATING], dtype=np.int8)
+# behaviours that can trigger a planted purchase: the first four columns of VIEW_FLOW
+TRIGGERS = VIEW_FLOW[:4]
+TRIGGER_NAMES = tuple(S.CANONICAL_BEHAVIORS[b] for b in TRIGGERS)
+# with behavior_signal, four more columns: the planted purchases each trigger may add
+PLANTED_FLOW = np.concatenate([VIEW_FLOW, np.full(4, PURCHASE, dtype=np.int8)])
+STEP_TRIGGER = np.concatenate([np.full(6, -1, dtype=np.int8), TRIGGERS])
 DAY_S = 86_400
 
 
@@ -40,6 +51,19 @@ def window(g: GenerateConfig) -> tuple[int, int]:
         dt = dt.replace(tzinfo=timezone.utc)
     t0 = int(dt.timestamp())
     return t0, t0 + g.days * DAY_S
+
+
+def signal(g: GenerateConfig) -> np.ndarray:
+    """``behavior_signal`` as probabilities over TRIGGERS (0 where a behaviour is not named)."""
+    return np.array([float(g.behavior_signal.get(b, 0.0)) for b in TRIGGER_NAMES])
+
+
+def max_session_events(g: GenerateConfig) -> int:
+    """The most events one session can hold: the bound used to fit sessions in a chunk window.
+    With ``behavior_signal`` a view can also carry one planted purchase per positive trigger."""
+    if not g.behavior_signal:
+        return MAX_SESSION_EVENTS
+    return MAX_VIEWS * (6 + int((signal(g) > 0).sum()))
 
 
 def n_chunks(g: GenerateConfig) -> int:
@@ -60,6 +84,7 @@ class Events:
     rating: np.ndarray  # stars on rating events, else 0
     ts: np.ndarray  # unix seconds
     session: np.ndarray  # session number within the chunk
+    trigger: np.ndarray  # on a planted purchase the code of the behaviour behind it, else -1
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -84,6 +109,7 @@ def sample_sessions(rng, world: World, n: int, max_gap: int, g: GenerateConfig) 
     """Events of ``n`` sessions, grouped by session and in time order within each one.
 
     ``ts`` is the offset from the session's first event; the caller places sessions in time.
+    ``trigger`` is the behaviour code behind a planted purchase (``behavior_signal``), else -1.
     """
     user = np.searchsorted(world.user_cdf, rng.random(n), side="right")
     n_views = np.minimum(rng.geometric(P_NEXT_VIEW, n), MAX_VIEWS)
@@ -94,16 +120,19 @@ def sample_sessions(rng, world: World, n: int, max_gap: int, g: GenerateConfig) 
     view_item = world.draw_items(rng, view_user, g.taste_share)
     lift = _funnel_lift(world, view_user, view_item, g.taste_funnel)
 
-    flags = np.empty((nv, 6), dtype=bool)
+    planted = bool(g.behavior_signal)
+    flags = np.empty((nv, 10 if planted else 6), dtype=bool)
     flags[:, 0] = True
     flags[:, 1] = rng.random(nv) < np.minimum(P_CLICK * lift, 1.0)
-    flags[:, 2] = rng.random(nv) < P_FAV * lift
+    flags[:, 2] = rng.random(nv) < g.fav_rate * lift
     flags[:, 3] = flags[:, 1] & (rng.random(nv) < np.minimum(P_CART * lift, 1.0))
     flags[:, 4] = flags[:, 3] & (rng.random(nv) < P_PURCHASE)
     flags[:, 5] = flags[:, 4] & (rng.random(nv) < P_RATE)
+    if planted:  # off, no draw: the default output stays what it was
+        flags[:, 6:] = flags[:, :4] & (rng.random((nv, 4)) < signal(g))
     # row-major nonzero keeps sessions contiguous and each view's follow-ups right after it
     view_idx, step = np.nonzero(flags)
-    behavior = VIEW_FLOW[step]
+    behavior = PLANTED_FLOW[step]
     session = view_session[view_idx]
     m = len(session)
 
@@ -118,6 +147,9 @@ def sample_sessions(rng, world: World, n: int, max_gap: int, g: GenerateConfig) 
     duration = offset[np.r_[first_idx[1:], m] - 1]
 
     item = view_item[view_idx]
+    trigger = STEP_TRIGGER[step]
+    if planted:
+        item = np.where(trigger >= 0, world.item_partner[item], item)
     return {
         "user": user[session],
         "item": item,
@@ -126,7 +158,17 @@ def sample_sessions(rng, world: World, n: int, max_gap: int, g: GenerateConfig) 
         "session": session,
         "duration": duration,
         "rating": np.where(behavior == RATING, rng.choice(5, m, p=RATING_P) + 1, 0),
+        "trigger": trigger,
     }
+
+
+def _events_per_session(g: GenerateConfig) -> float:
+    """A slight underestimate of the mean events per session: 6.0 at the base rates (~6.3), plus
+    ~4 views times the extra events per view of ``fav_rate`` and ``behavior_signal``."""
+    p_view, p_click, p_fav, p_cart = signal(g)
+    extra = (g.fav_rate - GenerateConfig.fav_rate
+             + p_view + P_CLICK * p_click + g.fav_rate * p_fav + P_CLICK * P_CART * p_cart)
+    return 6.0 + 4.0 * max(extra, 0.0)
 
 
 def unique_mask(user, item, ts, g: GenerateConfig) -> np.ndarray:
@@ -167,13 +209,14 @@ def chunk_events(g: GenerateConfig, chunk: int) -> Events:
     lo = t0 + span * chunk // chunks
     hi = t0 + span * (chunk + 1) // chunks
     # cap gaps so the longest possible session fits in the shortest chunk window
-    max_gap = min(MAX_GAP_S, (span // chunks - 1) // (MAX_SESSION_EVENTS - 1))
+    max_gap = min(MAX_GAP_S, (span // chunks - 1) // (max_session_events(g) - 1))
+    per_session = _events_per_session(g)
 
     parts: list[dict[str, np.ndarray]] = []
     have, sessions = 0, 0
     while True:
-        # ~6.3 events per session; overshoot a little so one batch is nearly always enough
-        n = math.ceil((target - have) / 6.0) + 16
+        # overshoot a little so one batch is nearly always enough
+        n = math.ceil((target - have) / per_session) + 16
         s = sample_sessions(rng, world, n, max_gap, g)
         start = lo + np.floor(rng.random(n) * (hi - lo - s["duration"])).astype(np.int64)
         s["ts"] = s["ts"] + start[s["session"]]
@@ -201,4 +244,5 @@ def chunk_events(g: GenerateConfig, chunk: int) -> Events:
         rating=cat["rating"][idx],
         ts=cat["ts"][idx],
         session=cat["session"][idx],
+        trigger=cat["trigger"][idx],
     )

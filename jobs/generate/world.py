@@ -11,6 +11,15 @@ The planted structure, which a recommender should find:
 A user's item distribution is then ``share * sum_c theta_uc * w_c + (1 - share) * pop``, a
 rank-(clusters + 1) user x item affinity; ``affinity`` (theta of the item's cluster) also lifts the
 user's click and cart rates (``generate.taste_funnel``), so the funnel follows the tastes.
+
+Optionally (``generate.behavior_signal``, off by default) purchases depend on earlier behaviours:
+an event of behaviour b on item i is followed, with probability ``behavior_signal[b]``, by a
+purchase of ``partner(i)`` in the same session, right after that view's own follow-ups. The
+partner map (``World.item_partner``) is fixed per seed: each category's items stand in a random
+cycle and an item's partner is the next item of its cycle, a derangement within the category
+(never the item itself; a category of two swaps its pair). An item alone in its category has as
+partner a random other item of its taste cluster, or, when the cluster holds no other item, a
+random other item of the catalogue.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class World:
     item_category: np.ndarray  # category index of each item
     item_cents: np.ndarray  # price of each item in cents
     category_cluster: np.ndarray  # taste cluster of each category
+    item_partner: np.ndarray  # partner(i), the item a planted purchase buys (PARTNER_RULE)
 
     @property
     def clusters(self) -> int:
@@ -68,6 +78,13 @@ class World:
         return np.where(rng.random(n) < share, by_taste, by_pop)
 
 
+PARTNER_RULE = (
+    "partner(i) is the next item after i in a seeded random cycle of the items of i's category "
+    "(a derangement within the category); an item alone in its category gets a random other "
+    "item of its taste cluster, or a random other item when its cluster has no other"
+)
+
+
 def cdf(weights: np.ndarray) -> np.ndarray:
     c = np.cumsum(weights, dtype=np.float64)
     c /= c[-1]
@@ -80,6 +97,39 @@ def _zipf(n: int, a: float, rng) -> np.ndarray:
     w = np.empty(n)
     w[rng.permutation(n)] = 1.0 / np.arange(1, n + 1) ** a
     return w
+
+
+def _partners(seed: int, item_category: np.ndarray, item_cluster: np.ndarray,
+              cluster_items: np.ndarray) -> np.ndarray:
+    """partner(i) for every item, by PARTNER_RULE; its own stream, so the rest of the world does
+    not depend on it."""
+    rng = np.random.default_rng([seed, 2**40, 1])
+    items = len(item_category)
+    order = np.lexsort((rng.permutation(items), item_category))  # by category, shuffled within
+    cats = item_category[order]
+    start = np.searchsorted(cats, cats, side="left")
+    per_category = np.bincount(item_category)
+    size = per_category[cats]
+    pos = np.arange(items)
+    partner = np.empty(items, dtype=np.int64)
+    partner[order] = order[start + (pos - start + 1) % size]
+
+    lone = np.flatnonzero(per_category[item_category] == 1)
+    if len(lone) and items > 1:
+        u = rng.random(len(lone))
+        # another member of the item's cluster: a uniform pick among the cluster's others
+        in_order = item_cluster[cluster_items]
+        c_start = np.searchsorted(in_order, item_cluster[lone], side="left")
+        c_size = np.searchsorted(in_order, item_cluster[lone], side="right") - c_start
+        at = np.empty(items, dtype=np.int64)
+        at[cluster_items] = pos
+        k = c_start + np.floor(u * (c_size - 1)).astype(np.int64)
+        k += k >= at[lone]
+        same_cluster = cluster_items[np.minimum(k, items - 1)]
+        r = np.floor(u * (items - 1)).astype(np.int64)
+        anywhere = r + (r >= lone)
+        partner[lone] = np.where(c_size > 1, same_cluster, anywhere)
+    return partner
 
 
 @functools.lru_cache(maxsize=4)
@@ -139,6 +189,7 @@ def _world(
         item_category=item_category,
         item_cents=np.maximum(np.rint(price * 100), 1).astype(np.int64),
         category_cluster=category_cluster,
+        item_partner=_partners(seed, item_category, item_cluster, cluster_items),
     )
 
 
@@ -166,4 +217,7 @@ def planted_structure(g: GenerateConfig) -> dict:
         ],
         "mean_top_cluster_share": round(float(top[:, 0].mean()), 4),
         "mean_top2_cluster_share": round(float(top[:, :2].sum(axis=1).mean()), 4),
+        "fav_rate": g.fav_rate,
+        "behavior_signal": dict(g.behavior_signal),
+        "partner_rule": PARTNER_RULE,
     }

@@ -23,7 +23,15 @@ from jobs.generate.render import (
     lines,
     write_lines,
 )
-from jobs.generate.sessions import DAY_S, MAX_SESSION_EVENTS, Events, chunk_events, n_chunks, window
+from jobs.generate.sessions import (
+    DAY_S,
+    TRIGGER_NAMES,
+    Events,
+    chunk_events,
+    max_session_events,
+    n_chunks,
+    window,
+)
 
 
 def validate(g: GenerateConfig) -> None:
@@ -40,15 +48,30 @@ def validate(g: GenerateConfig) -> None:
         raise ConfigError(f"generate.taste_share must be in [0, 1], got {g.taste_share}")
     if g.taste_funnel < 0:
         raise ConfigError(f"generate.taste_funnel must be >= 0, got {g.taste_funnel}")
+    if not 0 <= g.fav_rate <= 1:
+        raise ConfigError(f"generate.fav_rate must be in [0, 1], got {g.fav_rate}")
+    for b, p in g.behavior_signal.items():
+        if b not in TRIGGER_NAMES:
+            raise ConfigError(
+                f"generate.behavior_signal.{b}: '{b}' cannot trigger a planted purchase; "
+                f"use some of {', '.join(TRIGGER_NAMES)}"
+            )
+        if not 0 <= p <= 1:
+            raise ConfigError(f"generate.behavior_signal.{b} must be a probability in [0, 1], "
+                              f"got {p}")
+    if g.behavior_signal and g.items < 2:
+        raise ConfigError("generate.behavior_signal needs generate.items >= 2 (a partner item "
+                          "is never the item itself)")
     if not 0 <= g.dirty_rate <= 0.5:
         raise ConfigError(f"generate.dirty_rate must be in [0, 0.5], got {g.dirty_rate}")
     unknown = [f for f in g.formats if f not in FORMATS]
     if unknown or not g.formats:
         raise ConfigError(f"generate.formats must name some of {list(FORMATS)}, got {g.formats}")
-    if g.days * DAY_S // n_chunks(g) < MAX_SESSION_EVENTS:
+    longest = max_session_events(g)
+    if g.days * DAY_S // n_chunks(g) < longest:
         raise ConfigError(
             f"generate.chunk_events={g.chunk_events} splits {g.days} day(s) into {n_chunks(g)} "
-            f"chunks of under {MAX_SESSION_EVENTS} s each; raise chunk_events or days"
+            f"chunks of under {longest} s each; raise chunk_events or days"
         )
     window(g)
 
@@ -104,7 +127,7 @@ class FormatWriter:
                 if fmt.header:
                     fh.write((",".join(fmt.header) + "\n").encode())
                 write_lines(fh, out)
-        tally.add(name, ev.behavior[rows], n_dup, counts)
+        tally.add(name, ev.behavior[rows], n_dup, counts, ev.trigger[rows])
 
     def finish(self) -> dict:
         m = manifest(self.tally, self.g)
