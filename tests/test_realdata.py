@@ -75,7 +75,7 @@ def test_movielens_100k_counts_split_and_als_quality_bar(spark, tmp_path, data_d
         evaluate.main(spark, _run(cfg, run__run_id=f"ml-{model}"))
     m_als, m_pop = _metrics(spark, lake, "ml-als"), _metrics(spark, lake, "ml-popularity")
     print(f"\nML-100K stratified @10: ALS {m_als}\npopularity {m_pop}")
-    assert m_als["ndcg"] >= 0.48 and m_als["precision"] >= 0.40
+    assert m_als["ndcg"] >= 0.49 and m_als["precision"] >= 0.40  # the tuned config (tune)
     assert m_als["users_evaluated"] == 943 and m_als["users_truth_no_recs"] == 0
     assert m_pop["ndcg"] < m_als["ndcg"] - 0.1 and m_pop["users_evaluated"] == 943
 

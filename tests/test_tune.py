@@ -1,0 +1,335 @@
+"""reclake tune: search-space files, the valid-part requirement, records, refit and --from-best
+on a generated lake; a deep sweep over the Ray Train loop; an interrupted sweep resumed without
+rerunning its finished trials; behaviour weights tuned on data with a planted dependence of
+purchases on earlier carts / favourites / views recover the planted order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from common import lake as L
+from common import schema as S
+from common import tuning as TU
+from common.config import ConfigError, load_config
+from common.lake import Lake
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _space(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def _read(lake: Lake, table: str):
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(lake.path(table))
+    out = dt.to_pyarrow_table().to_pylist()
+    del dt
+    return out
+
+
+# --- search spaces (no Ray, no Spark) -------------------------------------------------------------
+
+
+def test_space_parses_distributions_and_round_trips_list_choices(tmp_path):
+    path = _space(tmp_path, """
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  ncf.layers: {choice: [[64, 32], [128, 64, 32]]}
+  ncf.negatives: {randint: [1, 9]}
+  ncf.dropout: {quniform: [0.0, 0.5, 0.1]}
+baseline:
+  train.lr: 1.0e-3
+  ncf.layers: [64, 32]
+  ncf.negatives: 4
+  ncf.dropout: 0.0
+""")
+    space = TU.load_space(path, model="ncf", cfg=load_config())
+    assert space.keys() == ["train.lr", "ncf.layers", "ncf.negatives", "ncf.dropout"]
+    kinds = {p.key: (p.kind, p.encoded) for p in space.params}
+    assert kinds["ncf.layers"] == ("choice", True) and kinds["train.lr"] == ("loguniform", False)
+    enc = space.encode(space.baseline)
+    assert enc["ncf.layers"] == "[64, 32]" and space.decode(enc) == dict(space.baseline)
+
+    from raytrain.tune import _domains
+
+    doms = _domains(space)
+    assert sorted(doms["ncf.layers"].categories) == ["[128, 64, 32]", "[64, 32]"]
+    assert (doms["train.lr"].lower, doms["train.lr"].upper) == (1e-4, 1e-2)
+
+
+@pytest.mark.parametrize("text, model, message", [
+    ("space:\n  ncf.dim_gmf: {choice: [8]}\n", "als", "is not a als key"),
+    ("space:\n  confidence.weights.cart: {uniform: [0, 2]}\n", "ncf",
+     "behaviour weights are ALS's"),
+    ("space:\n  als.rank: {normal: [1, 2]}\n", "als", "unknown distribution 'normal'"),
+    ("space:\n  als.rank: {choice: [16, 0]}\n", "als", "als.rank=0"),
+    ("space:\n  als.alpha: {loguniform: [0.0, 1.0]}\n", "als", "lo > 0"),
+    ("space:\n  als.rank: {choice: [16]}\n  als.alpha: {uniform: [0.1, 1]}\n"
+     "baseline:\n  als.rank: 16\n", "als", "missing ['als.alpha']"),
+    ("space: {}\n", "als", "non-empty 'space:'"),
+    ("space:\n  als.nope: {choice: [1]}\n", "als", "nope"),
+    ("space:\n  als.rank: {choice: [16]}\nextra: 1\n", "als", "unknown top-level"),
+])
+def test_space_errors_are_clear(tmp_path, text, model, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        TU.load_space(_space(tmp_path, text), model=model, cfg=load_config())
+    assert message in str(e.value)
+
+
+def test_missing_space_file_and_model_without_space(tmp_path):
+    with pytest.raises(FileNotFoundError, match="configs/tune"):
+        TU.load_space(str(tmp_path / "none.yaml"), model="als", cfg=load_config())
+    from raytrain.tune import preflight
+
+    cfg = load_config(values={"lake": str(tmp_path / "lake"), "run.model": "popularity"})
+    with pytest.raises(ConfigError, match="supports als, ncf"):
+        preflight(cfg)
+    with pytest.raises(ConfigError, match="pass one"):
+        preflight(cfg.with_(**{"run.model": "als", "tune.resume": True, "tune.fresh": True}))
+    with pytest.raises(ConfigError, match="tune.target is for ALS"):
+        preflight(cfg.with_(**{"run.model": "ncf", "tune.target": "purchase",
+                               "train.num_cpus": 2}))
+
+
+def test_a_protocol_without_valid_part_is_refused_with_the_command(tmp_path):
+    from deltalake import write_deltalake
+
+    from raytrain.tune import require_valid
+
+    lake = Lake(str(tmp_path / "lake"))
+    rows = [{"protocol": "stratified", "split": s, "user_idx": 0, "item_idx": i,
+             "confidence": 1.0, "cnt_purchase": 0} for i, s in enumerate(["train", "test"])]
+    write_deltalake(lake.path(L.GOLD_SPLITS), pa.Table.from_pylist(rows))
+    cfg = load_config(values={"lake": lake.root})
+    with pytest.raises(ConfigError) as e:
+        require_valid(lake, 0, cfg)
+    assert "no validation part" in str(e.value)
+    assert "reclake split --protocol stratified --valid-ratio 0.05 --valid-from train" in str(
+        e.value)
+    rows.append({**rows[0], "split": "valid", "item_idx": 5})
+    write_deltalake(lake.path(L.GOLD_SPLITS), pa.Table.from_pylist(rows), mode="overwrite")
+    assert require_valid(lake, 1, cfg) == 1
+    with pytest.raises(ConfigError, match="no valid pair with a 'purchase' event"):
+        require_valid(lake, 1, cfg.with_(**{"tune.target": "purchase"}))
+
+
+def test_refit_params_status_and_leaderboard():
+    from raytrain import tune as T
+
+    als = load_config(values={"run.model": "als", "als.max_iter": 12})
+    assert T.als_rungs(als) == [3, 6, 12]
+    assert T._refit_params(als, {"confidence.weights.cart": 2.0}, 6) == {
+        "confidence.weights.cart": 2.0, "als.max_iter": 6, "confidence.rebuild": True}
+    ncf = load_config(values={"run.model": "ncf", "train.epochs": 10, "train.patience": 2})
+    assert T._refit_params(ncf, {"train.lr": 0.01}, 4) == {"train.lr": 0.01, "train.epochs": 4}
+    assert T._trial_status(ncf, "TERMINATED", None, 10, {}) == "completed"
+    assert T._trial_status(ncf, "TERMINATED", None, 5, {"epoch": 4, "best_epoch": 2}) == \
+        "early_stopped"
+    assert T._trial_status(ncf, "TERMINATED", None, 2, {"epoch": 1, "best_epoch": 1}) == "stopped"
+    assert T._trial_status(ncf, "ERROR", None, 1, {}) == "error"
+    rows = [{"trial_id": t, "status": "completed", "best_value": v, "best_iteration": 3,
+             "seconds": 1.0, "params": json.dumps({"train.lr": lr}), "baseline": b}
+            for t, v, lr, b in [("a", 0.2, 0.1, True), ("b", 0.3, 0.2, False),
+                                ("c", None, 0.3, False)]]
+    board = T.format_leaderboard(rows, "ndcg@10").splitlines()
+    assert [line.split()[1] for line in board[1:]] == ["b", "a", "c"]
+    assert "(baseline)" in board[2]
+
+
+# --- sweeps on a generated lake ------------------------------------------------------------------
+
+
+def _build_lake(spark, root: Path, **generate) -> dict:
+    """generate -> ingest -> transform -> split (stratified, valid carved from train)."""
+    from jobs import generate as G
+    from jobs import ingest, split, transform
+
+    values = {"lake": str(root / "lake"), "generate.out": str(root / "data"),
+              "generate.formats": ["csv"], "ingest.path": str(root / "data" / "csv"),
+              "spark.shuffle_partitions": 2, "split.valid_ratio": 0.1,
+              "split.valid_from": "train", "train.num_cpus": 2,
+              "spark.conf": {"spark.default.parallelism": "2"}}
+    values.update({f"generate.{k}": v for k, v in generate.items()})
+    cfg = load_config(values=values)
+    G.main(None, cfg)
+    ingest.main(spark, cfg)
+    transform.main(spark, cfg)
+    split.main(spark, cfg)
+    return values
+
+
+@pytest.fixture(scope="module")
+def small_lake(spark, tmp_path_factory):
+    return _build_lake(spark, tmp_path_factory.mktemp("tune"), users=300, items=150,
+                       events=20_000)
+
+
+@pytest.mark.slow
+def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_local, small_lake):
+    from jobs.fit import fit_run
+    from raytrain.tune import tune_run
+
+    cfg = load_config(values={**small_lake, "run.model": "als", "tune.trials": 3,
+                              "als.max_iter": 4, "tune.grace_period": 1})
+    lake = Lake(cfg.lake)
+    best = tune_run(cfg)
+    trials = [r for r in _read(lake, L.METRICS_TUNE_TRIALS)
+              if r["sweep_id"] == "tune-als-generic-stratified"]
+    assert len(trials) == 3 and len({r["trial_id"] for r in trials}) == 3
+    assert sum(r["baseline"] for r in trials) == 1  # the file's baseline point ran first
+    for r in trials:
+        assert r["status"] in ("completed", "stopped") and r["error"] is None
+        assert [h["iteration"] for h in r["history"]] == list(range(1, r["iterations"] + 1))
+        assert r["best_value"] == max(h["value"] for h in r["history"])
+        assert 0 < r["best_value"] < 1 and r["seconds"] > 0
+    top = max(trials, key=lambda r: r["best_value"])
+    stored = _read(lake, L.METRICS_BEST_CONFIGS)
+    assert len(stored) == 1 and stored[0]["trial_id"] == top["trial_id"] == best["trial_id"]
+    params = json.loads(stored[0]["params"])
+    assert {k: v for k, v in params.items() if k != "als.max_iter"} == json.loads(top["params"])
+    assert params["als.max_iter"] == top["best_iteration"] in (1, 2, 4)
+    assert stored[0]["valid_value"] == pytest.approx(top["best_value"])
+    # the refit's test value is the refit run's ndcg@10 in metrics/evaluation, trained on
+    # train + valid
+    ev = [r for r in _read(lake, L.METRICS_EVALUATION)
+          if r[S.RUN_ID] == stored[0]["refit_run_id"] and r[S.METRIC] == "ndcg" and r[S.K] == 10]
+    assert len(ev) == 1 and stored[0]["test_value"] == pytest.approx(ev[0][S.VALUE])
+    runs = {r[S.RUN_ID]: r for r in _read(lake, L.MODELS_RUNS)}
+    refit = runs[stored[0]["refit_run_id"]]
+    n_train = dict(refit["counts"])["train_rows"]
+    splits = [r for r in _read(lake, L.GOLD_SPLITS) if r[S.CONFIDENCE] > 0]
+    assert n_train == sum(r[S.SPLIT] in ("train", "valid") for r in splits)
+    assert stored[0]["baseline_test_value"] is not None
+    # a rerun without --resume / --fresh is refused rather than overwriting the sweep
+    with pytest.raises(ConfigError, match="already exists"):
+        tune_run(cfg)
+    # --from-best: the stored keys win over the file's
+    rec = fit_run(spark, cfg.with_(**{"run.from_best": True, "run.run_id": "from-best"}))
+    assert rec.params["als.rank"] == params["als.rank"]
+    assert rec.params["als.max_iter"] == params["als.max_iter"]
+    assert rec.params["als.reg_param"] == pytest.approx(params["als.reg_param"])
+
+
+@pytest.mark.slow
+def test_deep_sweep_runs_the_train_loop_and_releases_each_trials_workers(ray_local, tmp_path):
+    """Two NeuMF trials one after the other: the second only starts if the first trial's worker
+    placement group was released (Tune stops a trial at its last epoch, before Train's own
+    shutdown can remove it)."""
+    from test_raytrain_train import _planted_lake
+
+    from raytrain.tune import tune_run
+
+    root = str(tmp_path / "lake")
+    _planted_lake(root)
+    space = _space(tmp_path, """
+space:
+  train.lr: {loguniform: [0.005, 0.05]}
+  ncf.dim_gmf: {choice: [4, 8]}
+""")
+    cfg = load_config(values={
+        "lake": root, "run.model": "ncf", "tune.trials": 2, "tune.space": space,
+        "train.epochs": 3, "train.batch_size": 32, "train.eval_k": 5, "train.num_cpus": 2,
+        "train.patience": 0, "recommend.k": 5, "evaluate.k": [5, 10], "ncf.dim_mlp": 8,
+        "ncf.layers": [16, 8], "train.score_batch": 16, "tune.grace_period": 3})
+    best = tune_run(cfg)
+    trials = _read(Lake(root), L.METRICS_TUNE_TRIALS)
+    assert len(trials) == 2 and all(r["status"] == "completed" for r in trials)
+    assert all(r["iterations"] == 3 and len(r["history"]) == 3 for r in trials)
+    params = json.loads(best["params"])
+    top = max(trials, key=lambda r: r["best_value"])
+    assert params["train.epochs"] == top["best_iteration"]
+    assert params["ncf.dim_gmf"] == json.loads(top["params"])["ncf.dim_gmf"]
+    assert best["test_value"] is not None
+    import ray
+
+    live = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+    assert live == []  # nothing of the sweep holds CPUs any more
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_lake, tmp_path):
+    lake = small_lake["lake"]
+    base = [sys.executable, "-m", "jobs.cli", "--lake", lake, "--set",
+            "spark.shuffle_partitions=2", "tune", "--model", "als", "--trials", "4",
+            "--name", "resume-me", "--no-refit", "--set", "als.max_iter=2", "--set",
+            "tune.als_rungs=[1.0]", "--set", "train.num_cpus=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(base, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first, out = None, []
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("trial 1/4 "):
+            first = line.split()[2].rstrip(":")
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.time() < deadline, "".join(out)
+    rest = proc.communicate(timeout=300)[0]
+    out.append(rest)
+    assert first, "".join(out)
+    assert proc.returncode == 130, "".join(out)
+    assert "--resume" in rest
+    done_before = {line.split()[2].rstrip(":") for line in "".join(out).splitlines()
+                   if line.startswith("trial ") and "/4 " in line}
+    resumed = subprocess.run(base + ["--resume"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    again = [line.split()[2].rstrip(":") for line in resumed.stdout.splitlines()
+             if line.startswith("trial ") and "/4 " in line]
+    assert first in done_before and not (done_before & set(again)), resumed.stdout
+    rows = [r for r in _read(Lake(lake), L.METRICS_TUNE_TRIALS) if r["sweep_id"] == "resume-me"]
+    assert len(rows) == 4 and {r["trial_id"] for r in rows} >= done_before | set(again)
+    assert all(r["status"] in ("completed", "stopped") for r in rows)
+    # resuming a sweep that does not exist is a clear error
+    gone = subprocess.run(base + ["--resume", "--name", "never-ran"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert gone.returncode == 2 and "no sweep 'never-ran'" in gone.stderr
+
+
+@pytest.fixture(scope="module")
+def planted_lake(spark, tmp_path_factory):
+    """Purchases planted after carts (p 0.9) and favourites (p 0.4), never after views."""
+    return _build_lake(spark, tmp_path_factory.mktemp("planted"), users=600, items=100,
+                       categories=20, events=60_000, fav_rate=0.2,
+                       behavior_signal={"cart": 0.9, "fav": 0.4, "view": 0.0})
+
+
+@pytest.mark.slow
+def test_tuned_weights_recover_the_planted_order_and_beat_uniform(ray_local, planted_lake,
+                                                                  tmp_path):
+    from raytrain.tune import tune_run
+
+    space = _space(tmp_path, """
+space:
+  confidence.weights.view: {uniform: [0.0, 2.0]}
+  confidence.weights.fav: {uniform: [0.0, 2.0]}
+  confidence.weights.cart: {uniform: [0.0, 2.0]}
+baseline:
+  confidence.weights.view: 1.0
+  confidence.weights.fav: 1.0
+  confidence.weights.cart: 1.0
+""")
+    cfg = load_config(values={
+        **planted_lake, "run.model": "als", "tune.trials": 16, "tune.space": space,
+        "tune.target": "purchase", "tune.scheduler": "fifo", "tune.als_rungs": [1.0],
+        "als.max_iter": 6, "als.rank": 64, "confidence.weights.click": 0.0,
+        "confidence.weights.purchase": 1.0, "tune.refit": False})
+    best = tune_run(cfg)
+    w = json.loads(best["params"])
+    view, fav, cart = (w[f"confidence.weights.{b}"] for b in ("view", "fav", "cart"))
+    assert cart > fav > view, w
+    assert best["valid_value"] > best["baseline_value"]
