@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain reproduce-ml100k reproduce-taobao reproduce-deep test-realdata clean
+.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune test-realdata clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,9 +86,27 @@ reproduce-deep: install
 	  $(BIN)/reclake --config configs/taobao/sasrec.yaml train --run-id taobao-sasrec-beh-$$on \
 	    --set sasrec.behavior_embedding=$$on || exit 1; done
 
+# Ray Tune sweeps on validation parts (stratified ML-100K: 5 % of the train share; Taobao temporal:
+# 10 % of the events before the test cutoff), each best config refit on train + valid and tested
+# once: ALS, LightGCN, and the Taobao behaviour weights against uniform weights.
+TUNE_ML = $(BIN)/reclake --config configs/movielens-100k.yaml --lake ./lake-ml100k-tune
+TUNE_TB = $(BIN)/reclake --config configs/taobao.yaml --lake ./lake-taobao-tune
+reproduce-tune: install
+	$(TUNE_ML) ingest --path $(RECLAKE_DATA_DIR)/movielens-100k/u.data
+	$(TUNE_ML) transform
+	$(TUNE_ML) split --valid-ratio 0.05 --valid-from train
+	$(TUNE_ML) tune --model als --trials 24 --fresh
+	$(BIN)/reclake --config configs/movielens-100k/lightgcn.yaml --lake ./lake-ml100k-tune tune \
+	  --model lightgcn --trials 12 --fresh --set train.epochs=60 --set train.patience=8 \
+	  --set tune.grace_period=10
+	$(TUNE_TB) ingest --path $(RECLAKE_DATA_DIR)/taobao-userbehavior-sample/UserBehavior.csv
+	$(TUNE_TB) transform
+	$(TUNE_TB) split --set split.valid_fraction=0.1
+	$(TUNE_TB) tune --model als --space configs/tune/als-weights.yaml --trials 24 --fresh
+
 # The quality bars as tests (tests marked realdata; also part of `make test` when the data is there).
 test-realdata: install
 	RECLAKE_DATA_DIR=$(RECLAKE_DATA_DIR) $(BIN)/python -m pytest -m realdata $(PYTEST_ARGS)
 
 clean:
-	rm -rf lake lake-ml100k lake-taobao demo-data bench-out build spark-warehouse .pytest_cache
+	rm -rf lake lake-ml100k lake-taobao lake-ml100k-tune lake-taobao-tune demo-data bench-out build spark-warehouse .pytest_cache

@@ -325,6 +325,7 @@ class DemoConfig:
     """``reclake demo``."""
 
     deep: bool = True  # also train NeuMF, SASRec and LightGCN on Ray Train (a few minutes on CPU)
+    tune: bool = True  # also a 4-trial ALS sweep with Ray Tune (reclake tune) and its leaderboard
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ you set yourself (``--set als.rank=64``) wins over the demo's choice. ``tests/te
 asserts that ALS beats the popularity baseline by a clear margin on the default demo data.
 The deep models (NeuMF, SASRec, LightGCN) train small (``DEMO_DEEP``: a few epochs, 1 Ray Train
 worker) on the same split, so their metrics print beside ALS and popularity; ``--no-deep`` skips
-them.
+them. A 4-trial ALS sweep (``reclake tune``: Optuna + ASHA on the validation part the demo carves
+from the stratified train share) prints its leaderboard and refits its best config; ``--no-tune``
+skips it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ DEMO_DEEP: dict[str, object] = {
     "sasrec.max_len": 30,
 }
 DEEP_MODELS: tuple[str, ...] = ("ncf", "sasrec", "lightgcn")
+# the demo's sweep: few trials, the shipped ALS space, rerun from scratch each time
+DEMO_TUNE: dict[str, object] = {
+    "tune.trials": 4,
+    "tune.name": "demo-als",
+    "tune.fresh": True,
+    "split.protocol": "stratified",
+    "run.model": "als",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", dest="generate.out", default=None, help="where generated files go")
     p.add_argument("--no-deep", dest="demo.deep", action="store_const", const=False, default=None,
                    help="skip the Ray Train models (NeuMF, SASRec, LightGCN)")
+    p.add_argument("--no-tune", dest="demo.tune", action="store_const", const=False,
+                   default=None, help="skip the 4-trial Ray Tune sweep of ALS")
 
 
 def demo_config(cfg: Config) -> Config:
@@ -86,6 +98,8 @@ def demo_config(cfg: Config) -> Config:
     }
     if cfg.generate.dirty_rate == GenerateConfig.dirty_rate:
         values["generate.dirty_rate"] = DEMO_DIRTY_RATE
+    if cfg.split.valid_ratio == 0.0:  # a valid part for the sweep; test stays the 75/25 split
+        values.update({"split.valid_ratio": 0.05, "split.valid_from": "train"})
     for key, value in DEMO_ALS.items():
         if getattr(cfg.als, key.split(".", 1)[1]) == getattr(AlsConfig, key.split(".", 1)[1]):
             values[key] = value
@@ -128,6 +142,13 @@ def train_deep(cfg: Config, *, stamp: str, models: tuple[str, ...] = DEEP_MODELS
         train_run(run_cfg)
         rows += _evaluation_rows(cfg, run_cfg.run.run_id)
     return rows
+
+
+def tune_demo(cfg: Config) -> dict:
+    """The demo's sweep (``DEMO_TUNE``); returns its best-config row."""
+    from raytrain.tune import tune_run
+
+    return tune_run(cfg.with_(**DEMO_TUNE))
 
 
 def _evaluation_rows(cfg: Config, run_id: str) -> list[dict]:
@@ -181,6 +202,10 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
         print("== 6b/7 deep models on Ray Train (NeuMF, SASRec, LightGCN; stratified split, "
               f"{DEMO_DEEP['train.epochs']} epochs each)")
         metric_rows += train_deep(cfg, stamp=stamp)
+    if cfg.demo.tune:
+        print(f"== 6c/7 tune: a {DEMO_TUNE['tune.trials']}-trial ALS sweep on Ray Tune (Optuna + "
+              "ASHA, objective validation NDCG@10), then its best config refit and tested")
+        tune_demo(cfg)
     print("== 7/7 influence: which behaviours drive the ALS recommendations")
     influence.main(spark, runs[0])
 

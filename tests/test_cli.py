@@ -57,8 +57,15 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert after == before
     # the demo trained ALS, popularity and the three deep models and evaluated all five
     ev = lake.read(spark, L.METRICS_EVALUATION).where("metric = 'ndcg'").toPandas()
+    ev = ev[~ev["run_id"].str.endswith("-refit")]  # the sweep's refits: below
     assert sorted(ev["model"]) == ["als", "lightgcn", "ncf", "popularity", "sasrec"]
     assert ev["value"].between(0, 1).all()
+    # ... and swept ALS with Ray Tune: 4 trials, a leaderboard, the best config refit on test
+    trials = lake.read(spark, L.METRICS_TUNE_TRIALS).where("sweep_id = 'demo-als'")
+    assert trials.count() == 4
+    best = lake.read(spark, L.METRICS_BEST_CONFIGS).where("sweep_id = 'demo-als'").first()
+    assert 0 < best.valid_value < 1 and 0 < best.test_value < 1
+    assert "best of demo-als" in printed and "valid ndcg@10" in printed
     for model in ("ncf", "sasrec", "lightgcn"):
         assert f"demo-{model}-" in printed
     assert "ndcg" in printed and "popularity" in printed
