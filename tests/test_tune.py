@@ -304,7 +304,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_lake,
 def planted_lake(spark, tmp_path_factory):
     """Purchases planted after carts (p 0.9) and favourites (p 0.4), never after views."""
     return _build_lake(spark, tmp_path_factory.mktemp("planted"), users=600, items=100,
-                       categories=20, events=60_000, fav_rate=0.2,
+                       categories=20, events=60_000, fav_rate=0.2, taste_share=0.0,
                        behavior_signal={"cart": 0.9, "fav": 0.4, "view": 0.0})
 
 
