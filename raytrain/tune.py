@@ -149,8 +149,7 @@ def max_iterations(cfg: Config) -> int:
 
 def als_rungs(cfg: Config) -> list[int]:
     """The distinct ``als.max_iter`` of each rung, ascending."""
-    its = sorted({max(1, round(r * cfg.als.max_iter)) for r in cfg.tune.als_rungs})
-    return its
+    return sorted({max(1, round(r * cfg.als.max_iter)) for r in cfg.tune.als_rungs})
 
 
 def _valid_rows(lake: Lake, version: int, protocol: str, target: str) -> int:
