@@ -35,16 +35,36 @@ def train_split(splits: DataFrame, *, protocol: str, fold_valid: bool = False) -
     )
 
 
-def model_train_rows(splits: DataFrame, *, cfg: Config) -> DataFrame:
-    """What a Spark model fits on: :func:`train_split` of ``cfg.split.protocol`` (with valid rows
-    under ``split.fold_valid``), confidence rebuilt from the stored ``amt_<b>`` with
-    ``cfg.confidence`` first when ``confidence.rebuild`` (a tuning trial's weights; decay measured
-    back from the latest of these rows)."""
-    protocol, fold = cfg.split.protocol, cfg.split.fold_valid
+def train_params(cfg: Config) -> dict:
+    """The settings that shaped :func:`model_train_rows`, for a run's params: whether valid was
+    folded in and, when confidence was rebuilt, the weights, f and decay it was rebuilt with (the
+    stored column's settings are the transform's, recorded by its table version)."""
+    out: dict = {"split.fold_valid": bool(cfg.split.fold_valid)}
+    c = cfg.confidence
+    if c.rebuild:
+        out.update({"confidence.rebuild": True, "confidence.f": c.f,
+                    "confidence.half_life_days": c.half_life_days,
+                    **{f"confidence.weights.{b}": float(w) for b, w in sorted(c.weights.items())}})
+    return out
+
+
+def model_train_history(splits: DataFrame, *, cfg: Config) -> DataFrame:
+    """The ``gold/splits`` rows (every column) a Spark model of ``cfg`` fits on: the protocol's
+    train part (and valid under ``split.fold_valid``) with confidence > 0, ``conf_<b>`` and
+    ``confidence`` rebuilt from the stored ``amt_<b>`` with ``cfg.confidence`` first when
+    ``confidence.rebuild`` (a tuning trial's weights; decay measured back from the latest of
+    these rows). What influence explains a run with: the same rows and parts it trained on."""
+    rows = splits.where((F.col(S.PROTOCOL) == cfg.split.protocol)
+                        & F.col(S.SPLIT).isin(*train_parts(cfg.split.fold_valid)))
     if cfg.confidence.rebuild:
         from common.interactions import rebuild_confidence
 
-        splits = rebuild_confidence(
-            splits.where((F.col(S.PROTOCOL) == protocol)
-                         & F.col(S.SPLIT).isin(*train_parts(fold))), cfg=cfg)
-    return train_split(splits, protocol=protocol, fold_valid=fold)
+        rows = rebuild_confidence(rows, cfg=cfg)
+    return rows.where(F.col(S.CONFIDENCE) > 0)
+
+
+def model_train_rows(splits: DataFrame, *, cfg: Config) -> DataFrame:
+    """What a Spark model fits on: :func:`model_train_history` as :func:`train_split`'s
+    ``user_idx, item_idx, confidence``."""
+    return train_split(model_train_history(splits, cfg=cfg), protocol=cfg.split.protocol,
+                       fold_valid=cfg.split.fold_valid)

@@ -185,7 +185,7 @@ def tune_trials_schema():
                                                  ("value", pa.float64())]))),
         pa.field("seconds", pa.float64()), pa.field("error", pa.string()),
         pa.field("baseline", pa.bool_()),
-        pa.field(S.CREATED_AT, pa.timestamp("us")),
+        pa.field(S.CREATED_AT, pa.timestamp("us", tz="UTC")),
     ])
 
 
@@ -206,7 +206,7 @@ def best_configs_schema():
         pa.field("baseline_test_value", pa.float64()),
         pa.field("trials", pa.int32()),
         pa.field("seconds", pa.float64()), pa.field("inputs", pa.string()),  # JSON versions
-        pa.field(S.CREATED_AT, pa.timestamp("us")),
+        pa.field(S.CREATED_AT, pa.timestamp("us", tz="UTC")),
     ])
 
 

@@ -34,6 +34,7 @@ from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger, timed
 from common.runs import check_run_exists, read_run
+from common.splits import train_parts
 
 log = get_logger("evaluate")
 
@@ -178,7 +179,8 @@ def evaluate_run(
                 f"split with '{target}' in the behaviour vocabulary, or use target 'all'"
             )
         truth = truth.where(F.col(cnt) > 0)
-    train = splits.where(F.col(S.SPLIT) == S.TRAIN)
+    # what the run trained on (a refit after a sweep folded valid into train)
+    train = splits.where(F.col(S.SPLIT).isin(*train_parts(bool(rec.params.get("split.fold_valid")))))
     if S.RANK not in recs.columns:
         recs = rank_by_score(recs)
     top = recs.where(F.col(S.RANK) <= max(ks)).select(S.USER_IDX, S.ITEM_IDX, S.RANK).cache()

@@ -43,7 +43,7 @@ from common.lake import Lake, quote
 from common.log import get_logger, timed
 from common.models import TrainContext
 from common.runs import RunRecord, write_run
-from common.splits import model_train_rows
+from common.splits import model_train_rows, train_params
 from jobs.models.topk import seen_items, users_with_nothing_seen
 
 log = get_logger("fit")
@@ -192,7 +192,8 @@ def fit_run(spark: SparkSession, cfg: Config) -> RunRecord:
     train.unpersist()
     record = RunRecord(
         run_id=run_id, model=name, protocol=protocol,
-        dataset=cfg.run.dataset or cfg.ingest.source_format, params=model.params(),
+        dataset=cfg.run.dataset or cfg.ingest.source_format,
+        params={**model.params(), **train_params(cfg)},
         inputs=dict(ctx.inputs),
         outputs={t: lake.version(spark, t) for t in (L.GOLD_RECOMMENDATIONS, *written)},
         artefacts=artefacts, counts=counts, seconds=secs,

@@ -49,6 +49,7 @@ from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger, timed
 from common.runs import RunRecord, check_run_exists, read_run
+from common.splits import model_train_history
 
 log = get_logger("influence")
 
@@ -449,8 +450,8 @@ def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str,
     behaviors = [b for b in cfg.vocabulary if S.conf_col(b) in splits.columns]
     if not behaviors:
         raise ConfigError(f"{L.GOLD_SPLITS} has no conf_<b> columns; re-run `reclake split`")
-    history = splits.where((F.col(S.PROTOCOL) == rec.protocol) & (F.col(S.SPLIT) == "train")
-                           & (F.col(S.CONFIDENCE) > 0))
+    # the rows the run fitted on: train (+ valid for a refit), confidence as it was built for it
+    history = model_train_history(splits, cfg=run_cfg)
     # a behaviour with no weight has no part anywhere: leave it out of the tables
     nonzero = history.agg(*[F.max(F.abs(S.conf_col(b))).alias(b) for b in behaviors]).first()
     behaviors = [b for b in behaviors if (nonzero[b] or 0) > 0]

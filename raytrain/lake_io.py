@@ -91,12 +91,24 @@ def version(lake: Lake, table: str) -> int:
     return int(v)
 
 
+def _check_spark_readable(table: str, schema: pa.Schema) -> None:
+    """Refuse schemas that make delta-rs write a protocol Spark's Delta cannot open: a timestamp
+    without a time zone turns on ``timestampNtz`` (writer version 7), and with writer features
+    listed Spark also wants ``invariants`` listed for every NOT NULL column, which delta-rs omits
+    (DELTA_FEATURES_PROTOCOL_METADATA_MISMATCH)."""
+    naive = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.tz is None]
+    if naive:
+        raise ValueError(f"{table}: timestamp column(s) {naive} have no time zone; the lake stores "
+                         "timestamps as UTC (pa.timestamp('us', tz='UTC')) so Spark can read them")
+
+
 def replace_rows(lake: Lake, table: str, data: pa.Table | pa.RecordBatchReader, where: str, *,
                  partition_by: Iterable[str] | None = None) -> int:
     """Atomically replace the rows matching ``where`` with ``data`` (creating the table on first
     write); returns the table's new version."""
     from deltalake import write_deltalake
 
+    _check_spark_readable(table, data.schema)
     path = lake.path(table)
     if exists(lake, table):
         write_deltalake(path, data, mode="overwrite", predicate=where)

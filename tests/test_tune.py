@@ -149,6 +149,50 @@ def test_refit_params_status_and_leaderboard():
     assert "(baseline)" in board[2]
 
 
+def test_resume_and_rerun_of_a_sweep_are_checked_before_anything_runs(tmp_path):
+    from raytrain.tune import _prepare_experiment
+
+    cfg = load_config(values={"lake": str(tmp_path / "lake"), "run.model": "als"})
+    with pytest.raises(ConfigError, match="--resume: no sweep 'never-ran'"):
+        _prepare_experiment(cfg.with_(**{"tune.resume": True}), "never-ran")
+    path, restore = _prepare_experiment(cfg, "first")
+    assert not restore and path.startswith(str(tmp_path / "lake"))
+    os.makedirs(path)
+    with pytest.raises(ConfigError, match="already exists"):
+        _prepare_experiment(cfg, "first")
+    assert _prepare_experiment(cfg.with_(**{"tune.fresh": True}), "first") == (path, False)
+    assert not os.path.exists(path)  # --fresh discards it
+
+
+def test_a_run_records_the_confidence_it_was_rebuilt_with():
+    from common.runs import RunRecord
+    from common.splits import train_params
+
+    cfg = load_config(values={"confidence.rebuild": True, "confidence.weights.cart": 0.25,
+                              "confidence.half_life_days": 3, "split.fold_valid": True})
+    p = train_params(cfg)
+    assert p["confidence.weights.cart"] == 0.25 and p["confidence.half_life_days"] == 3
+    assert p["confidence.rebuild"] is True and p["split.fold_valid"] is True
+    # the recorded keys rebuild the same confidence from a config that never set them
+    back = RunRecord(run_id="r", model="als", protocol="stratified", params=p).config(
+        load_config())
+    assert back.confidence.rebuild and back.confidence.weights["cart"] == 0.25
+    assert back.confidence.half_life_days == 3 and back.split.fold_valid
+    assert train_params(load_config()) == {"split.fold_valid": False}
+
+
+def test_lake_writes_refuse_timestamps_spark_could_not_read(tmp_path):
+    from raytrain import lake_io as IO
+
+    lake = Lake(str(tmp_path / "lake"))
+    naive = pa.table({"a": pa.array([1]), "t": pa.array([0], pa.timestamp("us"))})
+    with pytest.raises(ValueError, match="no time zone"):
+        IO.replace_rows(lake, L.METRICS_TUNE_TRIALS, naive, "a = 1")
+    assert not IO.exists(lake, L.METRICS_TUNE_TRIALS)
+    for schema in (TU.tune_trials_schema(), TU.best_configs_schema()):
+        assert all(f.type.tz == "UTC" for f in schema if pa.types.is_timestamp(f.type))
+
+
 # --- sweeps on a generated lake ------------------------------------------------------------------
 
 
@@ -172,17 +216,21 @@ def _build_lake(spark, root: Path, **generate) -> dict:
 
 
 @pytest.fixture(scope="module")
-def small_lake(spark, tmp_path_factory):
-    return _build_lake(spark, tmp_path_factory.mktemp("tune"), users=300, items=150,
-                       events=20_000)
+def planted_lake(spark, tmp_path_factory):
+    """Purchases planted after carts (p 0.9) and favourites (p 0.4), never after views; every
+    sweep on Spark below runs on it (each under its own sweep name)."""
+    return _build_lake(spark, tmp_path_factory.mktemp("planted"), users=600, items=100,
+                       categories=20, events=60_000, fav_rate=0.2, taste_share=0.0,
+                       behavior_signal={"cart": 0.9, "fav": 0.4, "view": 0.0})
 
 
 @pytest.mark.slow
-def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_local, small_lake):
+def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_local,
+                                                                  planted_lake):
     from jobs.fit import fit_run
     from raytrain.tune import tune_run
 
-    cfg = load_config(values={**small_lake, "run.model": "als", "tune.trials": 3,
+    cfg = load_config(values={**planted_lake, "run.model": "als", "tune.trials": 3,
                               "als.max_iter": 4, "tune.grace_period": 1})
     lake = Lake(cfg.lake)
     best = tune_run(cfg)
@@ -196,7 +244,11 @@ def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_loc
         assert r["best_value"] == max(h["value"] for h in r["history"])
         assert 0 < r["best_value"] < 1 and r["seconds"] > 0
     top = max(trials, key=lambda r: r["best_value"])
-    stored = _read(lake, L.METRICS_BEST_CONFIGS)
+    # the tables delta-rs wrote open in Spark's Delta too
+    assert spark.read.format("delta").load(lake.path(L.METRICS_TUNE_TRIALS)).where(
+        "sweep_id = 'tune-als-generic-stratified'").count() == 3
+    stored = [r for r in spark.read.format("delta").load(lake.path(L.METRICS_BEST_CONFIGS))
+              .collect() if r["sweep_id"] == "tune-als-generic-stratified"]
     assert len(stored) == 1 and stored[0]["trial_id"] == top["trial_id"] == best["trial_id"]
     params = json.loads(stored[0]["params"])
     assert {k: v for k, v in params.items() if k != "als.max_iter"} == json.loads(top["params"])
@@ -210,6 +262,7 @@ def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_loc
     runs = {r[S.RUN_ID]: r for r in _read(lake, L.MODELS_RUNS)}
     refit = runs[stored[0]["refit_run_id"]]
     n_train = dict(refit["counts"])["train_rows"]
+    assert json.loads(refit["params"])["split.fold_valid"] is True
     splits = [r for r in _read(lake, L.GOLD_SPLITS) if r[S.CONFIDENCE] > 0]
     assert n_train == sum(r[S.SPLIT] in ("train", "valid") for r in splits)
     assert stored[0]["baseline_test_value"] is not None
@@ -260,8 +313,8 @@ space:
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_lake, tmp_path):
-    lake = small_lake["lake"]
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(planted_lake, tmp_path):
+    lake = planted_lake["lake"]
     base = [sys.executable, "-m", "jobs.cli", "--lake", lake, "--set",
             "spark.shuffle_partitions=2", "tune", "--model", "als", "--trials", "4",
             "--name", "resume-me", "--no-refit", "--set", "als.max_iter=2", "--set",
@@ -294,18 +347,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_lake,
     rows = [r for r in _read(Lake(lake), L.METRICS_TUNE_TRIALS) if r["sweep_id"] == "resume-me"]
     assert len(rows) == 4 and {r["trial_id"] for r in rows} >= done_before | set(again)
     assert all(r["status"] in ("completed", "stopped") for r in rows)
-    # resuming a sweep that does not exist is a clear error
-    gone = subprocess.run(base + ["--resume", "--name", "never-ran"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert gone.returncode == 2 and "no sweep 'never-ran'" in gone.stderr
-
-
-@pytest.fixture(scope="module")
-def planted_lake(spark, tmp_path_factory):
-    """Purchases planted after carts (p 0.9) and favourites (p 0.4), never after views."""
-    return _build_lake(spark, tmp_path_factory.mktemp("planted"), users=600, items=100,
-                       categories=20, events=60_000, fav_rate=0.2, taste_share=0.0,
-                       behavior_signal={"cart": 0.9, "fav": 0.4, "view": 0.0})
 
 
 @pytest.mark.slow
@@ -327,7 +368,8 @@ baseline:
         **planted_lake, "run.model": "als", "tune.trials": 16, "tune.space": space,
         "tune.target": "purchase", "tune.scheduler": "fifo", "tune.als_rungs": [1.0],
         "als.max_iter": 6, "als.rank": 64, "confidence.weights.click": 0.0,
-        "confidence.weights.purchase": 1.0, "tune.refit": False})
+        "confidence.weights.purchase": 1.0, "tune.refit": False,
+        "tune.name": "planted-weights"})
     best = tune_run(cfg)
     w = json.loads(best["params"])
     view, fav, cart = (w[f"confidence.weights.{b}"] for b in ("view", "fav", "cart"))
