@@ -10,6 +10,8 @@ A search-space file (``configs/tune/<model>.yaml``) names config keys and their 
       confidence.half_life_days: {choice: [null, 7, 30]}
     baseline:                 # optional: one point evaluated first (e.g. uniform weights)
       confidence.weights.cart: 1.0
+    fixed:                    # optional: keys every trial, the refit and --from-best use
+      confidence.weights.purchase: 1.0
 
 Distributions: ``uniform [lo, hi]``, ``loguniform [lo, hi]``, ``quniform [lo, hi, q]``,
 ``randint [lo, hi)`` and ``choice [values]`` (values that are not scalars, such as layer lists,
@@ -27,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ class Space:
     path: str
     params: tuple[Param, ...]
     baseline: Mapping[str, Any]
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # set for every trial
 
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
@@ -134,9 +137,9 @@ def load_space(path: str, *, model: str, cfg: Config) -> Space:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("space"), Mapping) \
             or not doc["space"]:
         raise ConfigError(f"{path}: needs a non-empty 'space:' mapping of config keys")
-    unknown = sorted(set(doc) - {"space", "baseline"})
+    unknown = sorted(set(doc) - {"space", "baseline", "fixed"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {unknown} (space, baseline)")
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown} (space, baseline, fixed)")
     params = tuple(parse_param(str(k), v, path) for k, v in doc["space"].items())
     baseline = dict(doc.get("baseline") or {})
     sections = TUNABLE_SECTIONS.get(model)
@@ -158,7 +161,18 @@ def load_space(path: str, *, model: str, cfg: Config) -> Space:
                           + (f"; not in the space {extra}" if extra else ""))
     for k, v in baseline.items():
         check_override(cfg, k, v, where=f"{path} baseline")
-    return Space(path=path, params=params, baseline=baseline)
+    fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, Mapping):
+        raise ConfigError(f"{path}: 'fixed:' must map config keys to values")
+    fixed = {str(k): v for k, v in fixed.items()}
+    both = sorted(set(fixed) & {p.key for p in params})
+    if both:
+        raise ConfigError(f"{path}: {both} both searched and fixed; keep one")
+    for k, v in fixed.items():
+        if k.split(".", 1)[0] not in sections:
+            raise ConfigError(f"{path}: fixed {k} is not a {model} key")
+        check_override(cfg, k, v, where=f"{path} fixed")
+    return Space(path=path, params=params, baseline=baseline, fixed=fixed)
 
 
 def check_override(cfg: Config, key: str, value: Any, *, where: str) -> None:

@@ -464,6 +464,7 @@ def tune_run(cfg: Config) -> dict:
 
     preflight(cfg)
     space = space_of(cfg)
+    cfg = cfg.with_(**sweep_fixed(cfg, space))  # every trial, the refit, the stored best
     lake = Lake(cfg.lake)
     name, protocol, sweep = cfg.run.model, cfg.split.protocol, sweep_id(cfg)
     deep = name in DEEP
@@ -638,6 +639,17 @@ def _same_point(a: dict, b: dict) -> bool:
     return True
 
 
+def sweep_fixed(cfg: Config, space: TU.Space) -> dict:
+    """What every trial of the sweep sets besides its sampled point: the file's ``fixed:`` keys,
+    and for ALS ``confidence.rebuild`` when the sweep touches ``confidence.*`` (a fixed weight
+    must be rebuilt into confidence as much as a searched one)."""
+    out = dict(space.fixed)
+    if cfg.run.model == "als" and any(k.startswith("confidence.")
+                                      for k in [*space.keys(), *space.fixed]):
+        out["confidence.rebuild"] = True
+    return out
+
+
 def _refit_params(cfg: Config, params: dict, best_iteration: int | None) -> dict:
     """A trial's params plus what a refit needs: the epochs / iterations of its best report,
     confidence rebuilt when the sweep changed confidence.*."""
@@ -662,16 +674,18 @@ def best_row(cfg: Config, rows: list[dict], space: TU.Space, *, sweep: str,
                           f"metrics/tune_trials for their errors)")
     best = max(scored, key=lambda r: (r["best_value"], -rows.index(r)))
     base = next((r for r in rows if r["baseline"]), None)
+    fixed = sweep_fixed(cfg, space)
+
+    def stored(r: dict) -> str:
+        return json.dumps({**fixed, **_refit_params(cfg, json.loads(r["params"]),
+                                                    r["best_iteration"])}, sort_keys=True)
+
     return {
         "sweep_id": sweep, S.MODEL: cfg.run.model, S.DATASET: dataset_of(cfg),
-        S.PROTOCOL: cfg.split.protocol, "trial_id": best["trial_id"],
-        "params": json.dumps(_refit_params(cfg, json.loads(best["params"]),
-                                           best["best_iteration"]), sort_keys=True),
+        S.PROTOCOL: cfg.split.protocol, "trial_id": best["trial_id"], "params": stored(best),
         S.METRIC: metric_name(cfg), "valid_value": best["best_value"],
         "baseline_value": base["best_value"] if base else None,
-        "baseline_params": (json.dumps(_refit_params(cfg, json.loads(base["params"]),
-                                                     base["best_iteration"]), sort_keys=True)
-                            if base else None),
+        "baseline_params": stored(base) if base else None,
         "target": cfg.tune.target, "trials": len(rows), "seconds": seconds,
         "inputs": json.dumps(versions, sort_keys=True), S.CREATED_AT: utc_now(),
     }

@@ -65,6 +65,7 @@ baseline:
 
     from raytrain.tune import _domains
 
+    assert space.fixed == {}
     doms = _domains(space)
     assert sorted(doms["ncf.layers"].categories) == ["[128, 64, 32]", "[64, 32]"]
     assert (doms["train.lr"].lower, doms["train.lr"].upper) == (1e-4, 1e-2)
@@ -82,6 +83,12 @@ baseline:
     ("space: {}\n", "als", "non-empty 'space:'"),
     ("space:\n  als.nope: {choice: [1]}\n", "als", "nope"),
     ("space:\n  als.rank: {choice: [16]}\nextra: 1\n", "als", "unknown top-level"),
+    ("space:\n  als.rank: {choice: [16]}\nfixed:\n  als.rank: 8\n", "als",
+     "both searched and fixed"),
+    ("space:\n  als.rank: {choice: [16]}\nfixed:\n  train.lr: 0.1\n", "als",
+     "fixed train.lr is not a als key"),
+    ("space:\n  als.rank: {choice: [16]}\nfixed:\n  confidence.f: cubic\n", "als",
+     "fixed: confidence.f='cubic'"),
 ])
 def test_space_errors_are_clear(tmp_path, text, model, message):
     with pytest.raises(ConfigError, match=None) as e:
@@ -133,6 +140,11 @@ def test_refit_params_status_and_leaderboard():
     assert T.als_rungs(als) == [3, 6, 12]
     assert T._refit_params(als, {"confidence.weights.cart": 2.0}, 6) == {
         "confidence.weights.cart": 2.0, "als.max_iter": 6, "confidence.rebuild": True}
+    weights = TU.Space(path="w.yaml", params=(TU.Param("als.alpha", "uniform", (0.1, 1.0)),),
+                       baseline={}, fixed={"confidence.weights.purchase": 1.0})
+    assert T.sweep_fixed(als, weights) == {"confidence.weights.purchase": 1.0,
+                                           "confidence.rebuild": True}
+    assert T.sweep_fixed(als, TU.Space(path="a.yaml", params=weights.params, baseline={})) == {}
     ncf = load_config(values={"run.model": "ncf", "train.epochs": 10, "train.patience": 2})
     assert T._refit_params(ncf, {"train.lr": 0.01}, 4) == {"train.lr": 0.01, "train.epochs": 4}
     assert T._trial_status(ncf, "TERMINATED", None, 10, {}) == "completed"
@@ -363,15 +375,19 @@ baseline:
   confidence.weights.view: 1.0
   confidence.weights.fav: 1.0
   confidence.weights.cart: 1.0
+fixed:
+  confidence.weights.purchase: 1.0
+  confidence.weights.click: 0.0
 """)
     cfg = load_config(values={
         **planted_lake, "run.model": "als", "tune.trials": 16, "tune.space": space,
         "tune.target": "purchase", "tune.scheduler": "fifo", "tune.als_rungs": [1.0],
-        "als.max_iter": 6, "als.rank": 64, "confidence.weights.click": 0.0,
-        "confidence.weights.purchase": 1.0, "tune.refit": False,
+        "als.max_iter": 6, "als.rank": 64, "tune.refit": False,
         "tune.name": "planted-weights"})
     best = tune_run(cfg)
     w = json.loads(best["params"])
     view, fav, cart = (w[f"confidence.weights.{b}"] for b in ("view", "fav", "cart"))
     assert cart > fav > view, w
+    # the fixed keys are part of the stored best config (what --from-best applies)
+    assert w["confidence.weights.purchase"] == 1.0 and w["confidence.weights.click"] == 0.0
     assert best["valid_value"] > best["baseline_value"]
