@@ -67,8 +67,10 @@ def test_model_contract(spark, make_cfg, name):
     stored = read_run(spark, lake, f"c-{name}")
     assert stored.model == name and stored.params == record.params
     assert stored.params["recommend.k"] == 4
-    assert all(k.split(".")[0] in (*models.get(name).sections, "recommend")
+    # ... plus what shaped the train rows (common.splits.train_params)
+    assert all(k.split(".")[0] in (*models.get(name).sections, "recommend", "split")
                for k in stored.params)
+    assert stored.params["split.fold_valid"] is False
     assert stored.inputs[L.GOLD_SPLITS] == lake.version(spark, L.GOLD_SPLITS)
     # load gives back a model that recommends the same lists
     loaded = models.get(name).load(spark, lake, stored, cfg)
