@@ -237,58 +237,6 @@ def planted_lake(spark, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_als_sweep_records_trials_best_config_refit_and_from_best(spark, ray_local,
-                                                                  planted_lake):
-    from jobs.fit import fit_run
-    from raytrain.tune import tune_run
-
-    cfg = load_config(values={**planted_lake, "run.model": "als", "tune.trials": 3,
-                              "als.max_iter": 4, "tune.grace_period": 1})
-    lake = Lake(cfg.lake)
-    best = tune_run(cfg)
-    trials = [r for r in _read(lake, L.METRICS_TUNE_TRIALS)
-              if r["sweep_id"] == "tune-als-generic-stratified"]
-    assert len(trials) == 3 and len({r["trial_id"] for r in trials}) == 3
-    assert sum(r["baseline"] for r in trials) == 1  # the file's baseline point ran first
-    for r in trials:
-        assert r["status"] in ("completed", "stopped") and r["error"] is None
-        assert [h["iteration"] for h in r["history"]] == list(range(1, r["iterations"] + 1))
-        assert r["best_value"] == max(h["value"] for h in r["history"])
-        assert 0 < r["best_value"] < 1 and r["seconds"] > 0
-    top = max(trials, key=lambda r: r["best_value"])
-    # the tables delta-rs wrote open in Spark's Delta too
-    assert spark.read.format("delta").load(lake.path(L.METRICS_TUNE_TRIALS)).where(
-        "sweep_id = 'tune-als-generic-stratified'").count() == 3
-    stored = [r for r in spark.read.format("delta").load(lake.path(L.METRICS_BEST_CONFIGS))
-              .collect() if r["sweep_id"] == "tune-als-generic-stratified"]
-    assert len(stored) == 1 and stored[0]["trial_id"] == top["trial_id"] == best["trial_id"]
-    params = json.loads(stored[0]["params"])
-    assert {k: v for k, v in params.items() if k != "als.max_iter"} == json.loads(top["params"])
-    assert params["als.max_iter"] == top["best_iteration"] in (1, 2, 4)
-    assert stored[0]["valid_value"] == pytest.approx(top["best_value"])
-    # the refit's test value is the refit run's ndcg@10 in metrics/evaluation, trained on
-    # train + valid
-    ev = [r for r in _read(lake, L.METRICS_EVALUATION)
-          if r[S.RUN_ID] == stored[0]["refit_run_id"] and r[S.METRIC] == "ndcg" and r[S.K] == 10]
-    assert len(ev) == 1 and stored[0]["test_value"] == pytest.approx(ev[0][S.VALUE])
-    runs = {r[S.RUN_ID]: r for r in _read(lake, L.MODELS_RUNS)}
-    refit = runs[stored[0]["refit_run_id"]]
-    n_train = dict(refit["counts"])["train_rows"]
-    assert json.loads(refit["params"])["split.fold_valid"] is True
-    splits = [r for r in _read(lake, L.GOLD_SPLITS) if r[S.CONFIDENCE] > 0]
-    assert n_train == sum(r[S.SPLIT] in ("train", "valid") for r in splits)
-    assert stored[0]["baseline_test_value"] is not None
-    # a rerun without --resume / --fresh is refused rather than overwriting the sweep
-    with pytest.raises(ConfigError, match="already exists"):
-        tune_run(cfg)
-    # --from-best: the stored keys win over the file's
-    rec = fit_run(spark, cfg.with_(**{"run.from_best": True, "run.run_id": "from-best"}))
-    assert rec.params["als.rank"] == params["als.rank"]
-    assert rec.params["als.max_iter"] == params["als.max_iter"]
-    assert rec.params["als.reg_param"] == pytest.approx(params["als.reg_param"])
-
-
-@pytest.mark.slow
 def test_deep_sweep_runs_the_train_loop_and_releases_each_trials_workers(ray_local, tmp_path):
     """Two NeuMF trials one after the other: the second only starts if the first trial's worker
     placement group was released (Tune stops a trial at its last epoch, before Train's own
@@ -362,8 +310,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(planted_lak
 
 
 @pytest.mark.slow
-def test_tuned_weights_recover_the_planted_order_and_beat_uniform(ray_local, planted_lake,
-                                                                  tmp_path):
+def test_weights_sweep_recovers_the_planted_order_records_refits_and_applies_from_best(
+        spark, ray_local, planted_lake, tmp_path):
+    """One ALS sweep of the behaviour weights on the planted lake (16 trials, ASHA rungs at 3 and
+    6 iterations): the tuned weights rank the behaviours in the planted order and beat uniform
+    weights on validation; every trial, the best config and the refits are in the lake (readable
+    by Spark's Delta as well as delta-rs); --from-best applies the stored config."""
+    from jobs.fit import fit_run
     from raytrain.tune import tune_run
 
     space = _space(tmp_path, """
@@ -379,15 +332,67 @@ fixed:
   confidence.weights.purchase: 1.0
   confidence.weights.click: 0.0
 """)
+    sweep = "planted-weights"
     cfg = load_config(values={
         **planted_lake, "run.model": "als", "tune.trials": 16, "tune.space": space,
-        "tune.target": "purchase", "tune.scheduler": "fifo", "tune.als_rungs": [1.0],
-        "als.max_iter": 6, "als.rank": 64, "tune.refit": False,
-        "tune.name": "planted-weights"})
+        "tune.target": "purchase", "tune.als_rungs": [0.5, 1.0], "tune.grace_period": 1,
+        "als.max_iter": 6, "als.rank": 64, "tune.name": sweep})
+    lake = Lake(cfg.lake)
     best = tune_run(cfg)
     w = json.loads(best["params"])
     view, fav, cart = (w[f"confidence.weights.{b}"] for b in ("view", "fav", "cart"))
     assert cart > fav > view, w
+    assert best["valid_value"] > best["baseline_value"]
     # the fixed keys are part of the stored best config (what --from-best applies)
     assert w["confidence.weights.purchase"] == 1.0 and w["confidence.weights.click"] == 0.0
-    assert best["valid_value"] > best["baseline_value"]
+    assert w["confidence.rebuild"] is True
+
+    # every trial: its params, one report per rung, status, duration
+    trials = [r for r in _read(lake, L.METRICS_TUNE_TRIALS) if r["sweep_id"] == sweep]
+    assert len(trials) == 16 and len({r["trial_id"] for r in trials}) == 16
+    assert sum(r["baseline"] for r in trials) == 1  # the file's baseline point ran first
+    assert {r["status"] for r in trials} <= {"completed", "stopped"}
+    assert any(r["status"] == "stopped" for r in trials)  # ASHA cut some at the first rung
+    for r in trials:
+        assert r["error"] is None and r["seconds"] > 0 and 0 <= r["best_value"] < 1
+        # one report per rung reached (Tune iterations); the best at 3 or 6 ALS iterations
+        assert [h["iteration"] for h in r["history"]] == list(range(1, r["iterations"] + 1))
+        assert r["iterations"] in (1, 2) and r["best_iteration"] in (3, 6)
+        assert r["best_value"] == max(h["value"] for h in r["history"])
+    top = max(trials, key=lambda r: r["best_value"])
+    # the tables delta-rs wrote open in Spark's Delta too
+    assert spark.read.format("delta").load(lake.path(L.METRICS_TUNE_TRIALS)).where(
+        f"sweep_id = '{sweep}'").count() == 16
+    stored = [r.asDict() for r in spark.read.format("delta")
+              .load(lake.path(L.METRICS_BEST_CONFIGS)).collect() if r["sweep_id"] == sweep]
+    assert len(stored) == 1 and stored[0]["trial_id"] == top["trial_id"] == best["trial_id"]
+    stored = stored[0]
+    params = json.loads(stored["params"])
+    assert {k: v for k, v in json.loads(top["params"]).items()} == {
+        k: params[k] for k in json.loads(top["params"])}
+    assert params["als.max_iter"] == top["best_iteration"]
+    assert stored["valid_value"] == pytest.approx(top["best_value"])
+
+    # the refit trained on train + valid with the tuned confidence; its test value is its
+    # metrics/evaluation row, and the baseline was refit the same way
+    ev = [r for r in _read(lake, L.METRICS_EVALUATION)
+          if r[S.RUN_ID] == stored["refit_run_id"] and r[S.METRIC] == "ndcg" and r[S.K] == 10]
+    assert len(ev) == 1 and stored["test_value"] == pytest.approx(ev[0][S.VALUE])
+    assert stored["baseline_test_value"] is not None
+    refit = {r[S.RUN_ID]: r for r in _read(lake, L.MODELS_RUNS)}[stored["refit_run_id"]]
+    rp = json.loads(refit["params"])
+    assert rp["split.fold_valid"] is True and rp["confidence.weights.cart"] == cart
+    weighted = [b for b in S.CANONICAL_BEHAVIORS if params.get(f"confidence.weights.{b}", 1.0) > 0]
+    rows = [r for r in _read(lake, L.GOLD_SPLITS)
+            if r[S.PROTOCOL] == "stratified" and r[S.SPLIT] in ("train", "valid")]
+    expected = sum(any((r.get(S.amount_col(b)) or 0) > 0 for b in weighted) for r in rows)
+    assert dict(refit["counts"])["train_rows"] == expected
+
+    # a rerun without --resume / --fresh is refused rather than overwriting the sweep
+    with pytest.raises(ConfigError, match="already exists"):
+        tune_run(cfg)
+    # --from-best: the stored keys win over the file's, confidence rebuilt with them
+    rec = fit_run(spark, cfg.with_(**{"run.from_best": True, "run.run_id": "from-best"}))
+    assert rec.params["als.max_iter"] == params["als.max_iter"]
+    assert rec.params["confidence.weights.cart"] == pytest.approx(cart)
+    assert rec.params["confidence.weights.view"] == pytest.approx(view)
