@@ -218,6 +218,8 @@ def best_configs_schema():
         # the space's baseline point (when it has one): its params, valid and refit test values
         pa.field("baseline_params", pa.string()), pa.field("baseline_value", pa.float64()),
         pa.field("baseline_test_value", pa.float64()),
+        # a sweep of behaviour weights: the best config with every weight 1, refit and tested
+        pa.field("uniform_weights_test_value", pa.float64()),
         pa.field("trials", pa.int32()),
         pa.field("seconds", pa.float64()), pa.field("inputs", pa.string()),  # JSON versions
         pa.field(S.CREATED_AT, pa.timestamp("us", tz="UTC")),

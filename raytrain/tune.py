@@ -65,6 +65,7 @@ OBJECTIVE = "best_score"  # what Tune optimises: a trial's best validation NDCG 
 DEEP = ("ncf", "sasrec", "lightgcn")
 REFIT_SUFFIX = "-refit"
 BASELINE_SUFFIX = "-baseline-refit"
+UNIFORM_SUFFIX = "-uniform-weights-refit"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -693,7 +694,9 @@ def best_row(cfg: Config, rows: list[dict], space: TU.Space, *, sweep: str,
 
 def refit(cfg: Config, space: TU.Space, best: dict, rows: list[dict], *, sweep: str) -> dict:
     """The best config (and the baseline, when the space has one and it is not the best) on
-    train + valid, evaluated once on test: {test_value, refit_run_id, baseline_test_value}."""
+    train + valid, evaluated once on test: {test_value, refit_run_id, baseline_test_value}; when
+    the sweep searched behaviour weights, also the best config with uniform weights
+    (uniform_weights_test_value), which separates the weights' gain from the other keys'."""
     out = {"refit_run_id": f"{sweep}{REFIT_SUFFIX}"}
     out["test_value"] = _fit_and_score(cfg, json.loads(best["params"]), out["refit_run_id"])
     if best.get("baseline_params"):
@@ -702,7 +705,19 @@ def refit(cfg: Config, space: TU.Space, best: dict, rows: list[dict], *, sweep: 
         else:
             out["baseline_test_value"] = _fit_and_score(
                 cfg, json.loads(best["baseline_params"]), f"{sweep}{BASELINE_SUFFIX}")
+    if any(k.startswith("confidence.weights.") for k in space.keys()):
+        # the weights' own share of the gain: the best config with every behaviour weight at 1
+        out["uniform_weights_test_value"] = _fit_and_score(
+            cfg, uniform_weights(cfg, json.loads(best["params"])), f"{sweep}{UNIFORM_SUFFIX}")
     return out
+
+
+def uniform_weights(cfg: Config, params: dict) -> dict:
+    """``params`` with every behaviour's weight (``cfg.confidence.weights`` and any in
+    ``params``) set to 1, the rest (f, half-life, ALS settings) kept."""
+    keys = {f"confidence.weights.{b}" for b in cfg.confidence.weights}
+    keys |= {k for k in params if k.startswith("confidence.weights.")}
+    return {**params, **{k: 1.0 for k in sorted(keys)}}
 
 
 def _fit_and_score(cfg: Config, params: dict, run_id: str) -> float:
@@ -776,6 +791,9 @@ def _print_best(best: dict) -> None:
         line += f"; refit on train + valid: test {best[S.METRIC]} {best['test_value']:.4f}"
         if best.get("baseline_test_value") is not None:
             line += f" (baseline {best['baseline_test_value']:.4f})"
+        if best.get("uniform_weights_test_value") is not None:
+            line += (f"; these settings with uniform weights "
+                     f"{best['uniform_weights_test_value']:.4f}")
     print(line + f"\n  {params}\n  -> {L.METRICS_BEST_CONFIGS} (reclake "
                  f"{'als' if best[S.MODEL] == 'als' else 'train'} --from-best)", flush=True)
 

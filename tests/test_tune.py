@@ -145,6 +145,10 @@ def test_refit_params_status_and_leaderboard():
     assert T.sweep_fixed(als, weights) == {"confidence.weights.purchase": 1.0,
                                            "confidence.rebuild": True}
     assert T.sweep_fixed(als, TU.Space(path="a.yaml", params=weights.params, baseline={})) == {}
+    tuned = {"confidence.weights.cart": 0.2, "confidence.f": "binary", "als.alpha": 3.0}
+    assert T.uniform_weights(als, tuned) == {
+        **{f"confidence.weights.{b}": 1.0 for b in als.confidence.weights},
+        "confidence.f": "binary", "als.alpha": 3.0}
     ncf = load_config(values={"run.model": "ncf", "train.epochs": 10, "train.patience": 2})
     assert T._refit_params(ncf, {"train.lr": 0.01}, 4) == {"train.lr": 0.01, "train.epochs": 4}
     assert T._trial_status(ncf, "TERMINATED", None, 10, {}) == "completed"
@@ -379,6 +383,11 @@ fixed:
           if r[S.RUN_ID] == stored["refit_run_id"] and r[S.METRIC] == "ndcg" and r[S.K] == 10]
     assert len(ev) == 1 and stored["test_value"] == pytest.approx(ev[0][S.VALUE])
     assert stored["baseline_test_value"] is not None
+    # ... and the best config with uniform weights (the weights' own share of the gain)
+    uni = [r for r in _read(lake, L.METRICS_EVALUATION)
+           if r[S.RUN_ID] == f"{sweep}-uniform-weights-refit" and r[S.METRIC] == "ndcg"
+           and r[S.K] == 10]
+    assert len(uni) == 1 and stored["uniform_weights_test_value"] == pytest.approx(uni[0][S.VALUE])
     refit = {r[S.RUN_ID]: r for r in _read(lake, L.MODELS_RUNS)}[stored["refit_run_id"]]
     rp = json.loads(refit["params"])
     assert rp["split.fold_valid"] is True and rp["confidence.weights.cart"] == cart
