@@ -198,14 +198,26 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     runs = fit_models(spark, cfg, stamp=stamp)
     print("== 6/7 evaluate against the test split")
     metric_rows = evaluate_runs(spark, cfg, runs)
-    if cfg.demo.deep:
-        print("== 6b/7 deep models on Ray Train (NeuMF, SASRec, LightGCN; stratified split, "
-              f"{DEMO_DEEP['train.epochs']} epochs each)")
-        metric_rows += train_deep(cfg, stamp=stamp)
-    if cfg.demo.tune:
-        print(f"== 6c/7 tune: a {DEMO_TUNE['tune.trials']}-trial ALS sweep on Ray Tune (Optuna + "
-              "ASHA, objective validation NDCG@10), then its best config refit and tested")
-        tune_demo(cfg)
+    ray_started = False
+    if cfg.demo.deep or cfg.demo.tune:
+        from raytrain.train import _init_ray
+
+        ray_started = _init_ray(cfg)  # one local Ray for the deep runs and the sweep
+    try:
+        if cfg.demo.deep:
+            print("== 6b/7 deep models on Ray Train (NeuMF, SASRec, LightGCN; stratified split, "
+                  f"{DEMO_DEEP['train.epochs']} epochs each)")
+            metric_rows += train_deep(cfg, stamp=stamp)
+        if cfg.demo.tune:
+            print(f"== 6c/7 tune: a {DEMO_TUNE['tune.trials']}-trial ALS sweep on Ray Tune "
+                  "(Optuna + ASHA, objective validation NDCG@10), then its best config refit "
+                  "and tested")
+            tune_demo(cfg)
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
     print("== 7/7 influence: which behaviours drive the ALS recommendations")
     influence.main(spark, runs[0])
 
