@@ -97,7 +97,7 @@ reproduce-tune: install
 	$(TUNE_ML) split --valid-ratio 0.05 --valid-from train
 	$(TUNE_ML) tune --model als --trials 24 --fresh
 	$(BIN)/reclake --config configs/movielens-100k/lightgcn.yaml --lake ./lake-ml100k-tune tune \
-	  --model lightgcn --trials 12 --fresh --set train.epochs=60 --set train.patience=8 \
+	  --model lightgcn --trials 8 --fresh --set train.epochs=60 --set train.patience=8 \
 	  --set tune.grace_period=10
 	$(TUNE_TB) ingest --path $(RECLAKE_DATA_DIR)/taobao-userbehavior-sample/UserBehavior.csv
 	$(TUNE_TB) transform

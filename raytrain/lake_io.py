@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from common import lake as L
 from common import schema as S
+from common.config import ConfigError
 from common.lake import Lake, quote
 from common.runs import RunRecord
 
@@ -102,6 +103,41 @@ def _check_spark_readable(table: str, schema: pa.Schema) -> None:
                          "timestamps as UTC (pa.timestamp('us', tz='UTC')) so Spark can read them")
 
 
+def _flat(t: pa.DataType) -> str:
+    """A column type as compared against a table's: nested types only by kind (their child
+    names differ between writers), large and small strings alike."""
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_nested(t):
+        return "list" if pa.types.is_list(t) or pa.types.is_large_list(t) else str(t.id)
+    return str(t)
+
+
+def check_writable(lake: Lake, table: str, schema: pa.Schema) -> list[str]:
+    """The columns ``schema`` adds to the existing ``table`` (written as a schema merge); a
+    ConfigError, before anything is written, when the table holds a column ``schema`` lacks or
+    one of another type (a table written by an older version of reclake)."""
+    if not exists(lake, table):
+        return []
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(lake.path(table))
+    have = pa.schema(dt.schema().to_arrow())
+    del dt
+    changed = [f"{f.name} ({have.field(f.name).type} in the table, {f.type} now)"
+               for f in schema if f.name in have.names
+               and _flat(have.field(f.name).type) != _flat(f.type)]
+    dropped = [n for n in have.names if n not in schema.names]
+    if changed or dropped:
+        raise ConfigError(
+            f"{table} at {lake.path(table)} was written with another schema ("
+            + "; ".join(([f"changed: {', '.join(changed)}"] if changed else [])
+                        + ([f"not written any more: {', '.join(dropped)}"] if dropped else []))
+            + "), probably by an older reclake; move it aside (or delete it) and rerun: the "
+              "stage recreates it")
+    return [f.name for f in schema if f.name not in have.names]
+
+
 def replace_rows(lake: Lake, table: str, data: pa.Table | pa.RecordBatchReader, where: str, *,
                  partition_by: Iterable[str] | None = None) -> int:
     """Atomically replace the rows matching ``where`` with ``data`` (creating the table on first
@@ -111,7 +147,9 @@ def replace_rows(lake: Lake, table: str, data: pa.Table | pa.RecordBatchReader, 
     _check_spark_readable(table, data.schema)
     path = lake.path(table)
     if exists(lake, table):
-        write_deltalake(path, data, mode="overwrite", predicate=where)
+        added = check_writable(lake, table, data.schema)
+        write_deltalake(path, data, mode="overwrite", predicate=where,
+                        schema_mode="merge" if added else None)
     else:
         write_deltalake(path, data, mode="append", partition_by=list(partition_by or []) or None)
     return version(lake, table)

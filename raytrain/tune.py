@@ -470,6 +470,9 @@ def tune_run(cfg: Config) -> dict:
     name, protocol, sweep = cfg.run.model, cfg.split.protocol, sweep_id(cfg)
     deep = name in DEEP
     tables = [L.GOLD_SPLITS] + ([L.GOLD_SEQUENCES] if name == "sasrec" else [])
+    # the record tables must take this sweep's rows: checked now, not after the sweep
+    IO.check_writable(lake, L.METRICS_TUNE_TRIALS, TU.tune_trials_schema())
+    IO.check_writable(lake, L.METRICS_BEST_CONFIGS, TU.best_configs_schema())
     versions = D.pin_versions(lake, tables, protocol=protocol)
     n_valid = require_valid(lake, versions[L.GOLD_SPLITS], cfg)
     print(f"sweep {sweep}: {name} on {protocol} ({n_valid:,} valid pairs"

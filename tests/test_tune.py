@@ -209,6 +209,36 @@ def test_lake_writes_refuse_timestamps_spark_could_not_read(tmp_path):
         assert all(f.type.tz == "UTC" for f in schema if pa.types.is_timestamp(f.type))
 
 
+def test_record_tables_of_an_older_schema_are_merged_or_refused_before_a_sweep(tmp_path):
+    from deltalake import write_deltalake
+
+    from raytrain import lake_io as IO
+
+    lake = Lake(str(tmp_path / "lake"))
+    schema = TU.best_configs_schema()
+    row = {f.name: None for f in schema} | {"sweep_id": "a", S.MODEL: "als", S.PROTOCOL: "p",
+                                            "trial_id": "t", "params": "{}", S.METRIC: "ndcg@10"}
+    # a table from before a nullable column was added: the new column is merged in
+    older = pa.schema([f for f in schema if f.name != "uniform_weights_test_value"])
+    write_deltalake(lake.path(L.METRICS_BEST_CONFIGS),
+                    pa.Table.from_pylist([{k: row[k] for k in older.names}], older))
+    assert IO.check_writable(lake, L.METRICS_BEST_CONFIGS, schema) == [
+        "uniform_weights_test_value"]
+    IO.replace_rows(lake, L.METRICS_BEST_CONFIGS,
+                    pa.Table.from_pylist([row | {"sweep_id": "b",
+                                                 "uniform_weights_test_value": 0.5}], schema),
+                    "sweep_id = 'b'")
+    got = {r["sweep_id"]: r for r in _read(lake, L.METRICS_BEST_CONFIGS)}
+    assert got["a"]["uniform_weights_test_value"] is None
+    assert got["b"]["uniform_weights_test_value"] == 0.5
+    # a column of another type (naive timestamps, as an earlier version wrote): refused up front
+    naive = pa.schema([pa.field(f.name, pa.timestamp("us")) if f.name == S.CREATED_AT else f
+                       for f in TU.tune_trials_schema()])
+    write_deltalake(lake.path(L.METRICS_TUNE_TRIALS), naive.empty_table())
+    with pytest.raises(ConfigError, match="written with another schema.*created_at"):
+        IO.check_writable(lake, L.METRICS_TUNE_TRIALS, TU.tune_trials_schema())
+
+
 # --- sweeps on a generated lake ------------------------------------------------------------------
 
 
