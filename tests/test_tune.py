@@ -300,6 +300,13 @@ space:
     assert params["train.epochs"] == top["best_iteration"]
     assert params["ncf.dim_gmf"] == json.loads(top["params"])["ncf.dim_gmf"]
     assert best["test_value"] is not None
+    # reclake train --from-best: the stored config (with its epoch count) over the file's
+    from common.tuning import apply_best
+
+    applied = apply_best(cfg.with_(**{"run.from_best": True}), Lake(root))
+    assert applied.ncf.dim_gmf == params["ncf.dim_gmf"]
+    assert applied.train.epochs == params["train.epochs"]
+    assert applied.train.lr == pytest.approx(params["train.lr"])
     import ray
 
     live = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
