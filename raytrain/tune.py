@@ -256,9 +256,7 @@ def als_trial(config: dict, *, base: dict, space: TU.Space, version: int) -> Non
     from jobs.models.als import fit_als
 
     overrides = space.decode(config["train_loop_config"])
-    cfg = from_dict(base).with_(**overrides)
-    if any(k.startswith("confidence.") for k in overrides):
-        cfg = cfg.with_(**{"confidence.rebuild": True})
+    cfg = from_dict(base).with_(**overrides)  # base has confidence.rebuild: sweep_fixed
     spark = get_spark(cfg)  # one JVM per Tune actor, reused by the trials it runs
     lake = Lake(cfg.lake)
     splits = lake.read(spark, L.GOLD_SPLITS, version=version, why="pinned by the sweep")
