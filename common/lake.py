@@ -18,6 +18,9 @@ AUDIT_BATCHES = "audit/batches"
 SILVER_EVENTS = "silver/events"
 SILVER_USER_INDEX = "silver/user_index"
 SILVER_ITEM_INDEX = "silver/item_index"
+# item catalogue (reclake ingest-items): one row per item_id, metadata and the text models read
+SILVER_ITEMS = "silver/items"
+QUARANTINE_ITEMS = "quarantine/items"
 GOLD_INTERACTIONS = "gold/interactions"
 GOLD_USER_FEATURES = "gold/user_features"
 GOLD_ITEM_FEATURES = "gold/item_features"
@@ -31,6 +34,10 @@ MODELS_RUNS = "models/runs"
 MODELS_NCF_EMBEDDINGS = "models/ncf_embeddings"
 MODELS_SASREC_EMBEDDINGS = "models/sasrec_embeddings"
 MODELS_LIGHTGCN_EMBEDDINGS = "models/lightgcn_embeddings"
+# text vectors of silver/items by the language model (reclake embed), one row per item and model
+MODELS_TEXT_EMBEDDINGS = "models/text_embeddings"
+# a text-model run's user vectors: weighted mean of the user's train items' text vectors
+MODELS_USER_TEXT_PROFILES = "models/user_text_profiles"
 METRICS_EVALUATION = "metrics/evaluation"
 METRICS_TUNE_TRIALS = "metrics/tune_trials"  # every trial of every sweep (reclake tune)
 METRICS_BEST_CONFIGS = "metrics/best_configs"  # the best config of each sweep, valid + test
@@ -58,6 +65,8 @@ ALL_TABLES: tuple[str, ...] = (
     SILVER_EVENTS,
     SILVER_USER_INDEX,
     SILVER_ITEM_INDEX,
+    SILVER_ITEMS,
+    QUARANTINE_ITEMS,
     GOLD_INTERACTIONS,
     GOLD_USER_FEATURES,
     GOLD_ITEM_FEATURES,
@@ -70,6 +79,8 @@ ALL_TABLES: tuple[str, ...] = (
     MODELS_NCF_EMBEDDINGS,
     MODELS_SASREC_EMBEDDINGS,
     MODELS_LIGHTGCN_EMBEDDINGS,
+    MODELS_TEXT_EMBEDDINGS,
+    MODELS_USER_TEXT_PROFILES,
     METRICS_EVALUATION,
     METRICS_TUNE_TRIALS,
     METRICS_BEST_CONFIGS,

@@ -109,6 +109,10 @@ _REGISTRY: dict[str, str | type[Recommender]] = {
     "ncf": "raytrain.recommender:NeuMFRecommender",
     "sasrec": "raytrain.recommender:SASRecRecommender",
     "lightgcn": "raytrain.recommender:LightGCNRecommender",
+    # content models over item text (models/text_embeddings) and the random floor
+    "text": "jobs.models.text:TextRecommender",
+    "hybrid": "jobs.models.text:HybridRecommender",
+    "random": "jobs.models.text:RandomRecommender",
 }
 #: where a model trains: "spark" (fit/recommend on DataFrames inside the fit stage) or "ray"
 #: (the whole run is ``raytrain.train.train_run``; ``reclake fit`` hands over without a JVM)

@@ -41,7 +41,7 @@ PROTOCOL = "protocol"
 SPLIT = "split"
 # values of SPLIT in gold/splits, and the protocols that write them
 TRAIN, VALID, TEST = "train", "valid", "test"
-PROTOCOLS: tuple[str, ...] = ("stratified", "temporal", "leave_last_out")
+PROTOCOLS: tuple[str, ...] = ("stratified", "temporal", "leave_last_out", "cold_items")
 
 # --- models, recommendations, evaluation ------------------------------------------------------------
 RUN_ID = "run_id"
@@ -55,6 +55,17 @@ TARGET = "target"
 K = "k"
 METRIC = "metric"
 CREATED_AT = "created_at"
+
+# --- item catalogue (silver/items) and text vectors --------------------------------------------------
+TITLE = "title"
+TEXT = "text"  # what the language model reads: title, category path, brand, tags, attributes
+CATEGORY_PATH = "category_path"  # array<string>, broadest first (genres of a film)
+BRAND = "brand"
+ATTRIBUTES = "attributes"  # map<string,string>: source-specific fields (release date, price, ...)
+VECTOR = "vector"
+TEXT_HASH = "text_hash"  # sha256 of the text the vector was computed from
+WEIGHTS_SHA = "weights_sha256"  # sha256 of the model's weights file
+N_ITEMS = "n_items"
 
 # --- behaviour vocabulary -----------------------------------------------------------------------
 VIEW, CLICK, CART, FAV, PURCHASE, RATING_B = "view", "click", "cart", "fav", "purchase", "rating"
@@ -87,6 +98,7 @@ BAD_VALUE = "non_numeric_value"
 VALUE_OUT_OF_RANGE = "value_out_of_range"
 MALFORMED = "malformed_row"
 BAD_ENCODING = "bad_encoding"
+NO_METADATA = "no_metadata"  # an item row with neither title, text, category nor brand
 REASON_CODES: tuple[str, ...] = (
     MISSING_USER,
     MISSING_ITEM,
@@ -97,6 +109,7 @@ REASON_CODES: tuple[str, ...] = (
     VALUE_OUT_OF_RANGE,
     MALFORMED,
     BAD_ENCODING,
+    NO_METADATA,
 )
 
 # --- raw fields every source reader produces (all strings, before typing) ------------------------
@@ -188,6 +201,44 @@ SPLIT_COLUMNS: tuple[str, ...] = (PROTOCOL, SPLIT, USER_IDX, ITEM_IDX, CONFIDENC
 # so a purchase-only target, the influence job's per-behaviour split and a tuning trial's
 # confidence rebuilt with other weights (interactions.rebuild_confidence) need no other table.
 
+ITEMS_SCHEMA = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType()),  # null: the item has no events (yet)
+        T.StructField(TITLE, T.StringType()),
+        T.StructField(TEXT, T.StringType(), False),
+        T.StructField(CATEGORY_PATH, T.ArrayType(T.StringType(), False)),
+        T.StructField(BRAND, T.StringType()),
+        T.StructField(ATTRIBUTES, T.MapType(T.StringType(), T.StringType())),
+        T.StructField(SOURCE, T.StringType(), False),
+        T.StructField(BATCH_ID, T.StringType(), False),
+        T.StructField(INGEST_TS, T.TimestampType()),
+    ]
+)
+
+# models/text_embeddings: one row per (item_id, model); reclake embed replaces changed rows only
+TEXT_EMBEDDINGS_SCHEMA = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType()),  # as known when embedded; models re-join the index
+        T.StructField(MODEL, T.StringType(), False),
+        T.StructField(WEIGHTS_SHA, T.StringType(), False),
+        T.StructField(TEXT_HASH, T.StringType(), False),
+        T.StructField(VECTOR, T.ArrayType(T.FloatType(), False), False),
+        T.StructField(CREATED_AT, T.TimestampType(), False),
+    ]
+)
+
+# models/user_text_profiles: one row per (run_id, user_idx)
+USER_TEXT_PROFILES_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField(N_ITEMS, T.IntegerType(), False),  # train items with a vector behind it
+        T.StructField(VECTOR, T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
 RECOMMENDATIONS_SCHEMA = T.StructType(
     [
         T.StructField(RUN_ID, T.StringType(), False),
@@ -229,3 +280,18 @@ def require_columns(df, *cols: str, where: str = "") -> None:
     if missing:
         ctx = f" in {where}" if where else ""
         raise ValueError(f"missing column(s) {missing}{ctx}; have {df.columns}")
+
+
+# --- raw item fields (jobs/sources/items.py readers, before jobs.ingest_items standardises) ------
+DESCRIPTION = "description"  # free text of a catalogue row (generic: items.generic.columns.text)
+TAGS = "tags"  # array<string>: user tags (MovieLens tags.csv), most frequent first
+LINE = "line"  # a raw line's position in its file: the last line of an item id wins
+RAW_ITEM_FIELDS: tuple[str, ...] = (
+    ITEM_ID,
+    TITLE,
+    DESCRIPTION,
+    CATEGORY_PATH,
+    BRAND,
+    TAGS,
+    ATTRIBUTES,
+)

@@ -9,6 +9,8 @@ the catalogue, each at the version the run recorded: re-running ``split`` or ano
 leaves this evaluation unchanged. Writes one row per (k, metric) — precision, recall, ndcg, map,
 hit_rate, mrr, users_evaluated, users_truth_no_recs, users_recs_no_truth, coverage,
 mean_popularity, novelty — and prints a table. Re-running a run and target replaces its rows.
+Runs of the ``cold_items`` protocol also get the ranking metrics of cold items and of warm items
+apart, as targets ``<target>/cold`` and ``<target>/warm`` (:func:`segment_metrics`).
 
 The definitions are stated once, in ``common/metrics.py``; a test asserts they agree with the
 plain-Python reference (``tests/reference/metrics.py``) to 1e-9 on random data with tied scores,
@@ -39,6 +41,9 @@ from common.splits import train_parts
 log = get_logger("evaluate")
 
 ALL_TARGETS = "all"
+COLD_ITEMS = "cold_items"
+# cold_items runs also get rows for target "<target>/cold" and "<target>/warm"
+SEGMENT_SEP, COLD_SEGMENT, WARM_SEGMENT = "/", "cold", "warm"
 
 # MS Recommenders' published MovieLens-100K figures at k=10 (microsoft/recommenders,
 # examples/06_benchmarks, benchmark table for ML-100K: per-user stratified 75/25 split, seed 42,
@@ -187,18 +192,49 @@ def evaluate_run(
     try:
         ranking = ranking_metrics(top, truth, ks=ks)
         catalogue = catalogue_metrics(top, train, ks=ks)
+        segments = (segment_metrics(top, truth, train, ks=ks) if protocol == COLD_ITEMS
+                    else {})
     finally:
         top.unpersist()
     if ranking[ks[0]]["users_evaluated"] == 0:
         log.warning("run %s: no user has both test items (target %s) and recommendations; "
                     "the averages are NaN", run_id, target)
     created = datetime.now(timezone.utc).replace(tzinfo=None)
+    per_target = {target: {k: {**ranking[k], **catalogue[k]} for k in ks}}
+    per_target.update({f"{target}{SEGMENT_SEP}{seg}": m for seg, m in segments.items()})
     return [
         {S.RUN_ID: run_id, S.MODEL: model, S.DATASET: dataset, S.PROTOCOL: protocol,
-         S.TARGET: target, S.K: k, S.METRIC: metric, S.VALUE: value, S.CREATED_AT: created}
+         S.TARGET: tgt, S.K: k, S.METRIC: metric, S.VALUE: value, S.CREATED_AT: created}
+        for tgt, by_k in per_target.items()
         for k in ks
-        for metric, value in {**ranking[k], **catalogue[k]}.items()
+        for metric, value in by_k[k].items()
     ]
+
+
+def segment_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, *,
+                    ks: Sequence[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """Ranking metrics of cold items and of warm items apart (``cold_items`` protocol).
+
+    In: recs ``user_idx, item_idx, rank``; truth and train ``user_idx, item_idx``. Out: segment
+    (``cold`` | ``warm``) -> k -> :func:`ranking_metrics`.
+
+    A cold item has no row in ``train``. ``cold``: truth = the user's test pairs with cold items,
+    list = the run's recommended cold items in their order (ranks renumbered 1..); ``warm`` the
+    same with warm items. A cold-start list (``recommend.candidates: cold``) is its own cold
+    list; a hybrid list is judged on the cold slots and on the warm slots separately."""
+    warm_items = train.select(S.ITEM_IDX).distinct().withColumn("_warm", F.lit(True))
+    out = {}
+    def part(df: DataFrame, is_warm: bool) -> DataFrame:
+        joined = df.join(F.broadcast(warm_items), S.ITEM_IDX, "left")
+        return joined.where(F.col("_warm").isNotNull() == F.lit(is_warm)).drop("_warm")
+
+    for seg, is_warm in ((COLD_SEGMENT, False), (WARM_SEGMENT, True)):
+
+        seg_recs = rank_by_score(part(recs, is_warm).select(
+            S.USER_IDX, S.ITEM_IDX, (-F.col(S.RANK).cast("double")).alias(S.SCORE)))
+        top = seg_recs.where(F.col(S.RANK) <= max(ks)).select(S.USER_IDX, S.ITEM_IDX, S.RANK)
+        out[seg] = ranking_metrics(top, part(truth, is_warm).select(S.USER_IDX, S.ITEM_IDX), ks=ks)
+    return out
 
 
 def _fmt(metric: str, value, decimals: int = 4) -> str:
@@ -251,7 +287,8 @@ def write_evaluation(spark: SparkSession, lake: Lake, rows: Sequence[dict], *, r
         [tuple(r[f.name] for f in S.EVALUATION_SCHEMA.fields) for r in rows],
         S.EVALUATION_SCHEMA,
     )
-    where = f"{S.RUN_ID} = {quote(run_id)} AND {S.TARGET} = {quote(target)}"
+    targets = sorted({target, *(r[S.TARGET] for r in rows)})
+    where = f"{S.RUN_ID} = {quote(run_id)} AND {S.TARGET} IN ({', '.join(map(quote, targets))})"
     lake.replace_rows(df, L.METRICS_EVALUATION, where)
 
 

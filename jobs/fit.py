@@ -21,8 +21,9 @@ params and the Delta version of every table the run read and wrote, which every 
 reads at. Re-running a run_id replaces its rows.
 
 Cold start, explicitly: users without train rows get no recommendations (``reclake evaluate``
-counts them as ``users_truth_no_recs``); items without train rows are never recommended. Both
-counts are logged and stored in the run record.
+counts them as ``users_truth_no_recs``); items without train rows are recommended only by the
+content models (``text``, ``hybrid``: they know items by their text, ``jobs/models/text.py``) and
+``random``. Both counts are logged and stored in the run record.
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ def fit_run(spark: SparkSession, cfg: Config) -> RunRecord:
     counts = _cold_counts(ctx, splits, train)
     if counts["heldout_rows_cold_user"] or counts["heldout_rows_cold_item"]:
         log.info("cold start: %s (dropped by the split stage: %d rows); users without train "
-                 "rows get no recommendations, items without train rows are never recommended",
-                 counts, counts["heldout_rows_cold_dropped"])
+                 "rows get no recommendations; items without train rows are recommended only "
+                 "by content models (text, hybrid) and random", counts,
+                 counts["heldout_rows_cold_dropped"])
     with timed(log, f"{name} fit"):
         secs = model.fit(ctx, train)
     t = time.perf_counter()

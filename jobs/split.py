@@ -13,14 +13,21 @@ Protocols (``split.protocol``):
     cutoff only (later events never leak into train confidence); test holds the pairs first seen
     after it.
   - ``leave_last_out``: per user, the most recent interaction to test, the one before to valid.
+  - ``cold_items``: a seeded ``split.cold_item_fraction`` of the catalogue is held out whole:
+    every interaction with those items goes to test (they never appear in train or valid), the
+    other items' interactions are split like ``stratified``. The cold-start protocol: only a
+    model that knows items by content (``--model text``, ``hybrid``) can recommend the cold
+    items; ``reclake evaluate`` reports cold-item and warm-item metrics separately.
 Users with fewer than ``split.min_user_interactions`` interactions stay in train. Test / valid
 rows whose user or item never appears in train are counted and, with ``split.cold: drop``
-(default), dropped. Re-running a protocol replaces its rows.
+(default), dropped (``cold_items`` keeps its cold items' rows and drops only cold users).
+Re-running a protocol replaces its rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from datetime import datetime, timezone
 
@@ -41,7 +48,7 @@ TRAIN, VALID, TEST = S.TRAIN, S.VALID, S.TEST
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", dest="split.protocol", default=None,
-                   help="stratified | temporal | leave_last_out")
+                   help="stratified | temporal | leave_last_out | cold_items")
     p.add_argument("--seed", dest="split.seed", type=int, default=None)
     p.add_argument("--ratio", dest="split.ratio", type=float, default=None)
     p.add_argument("--valid-ratio", dest="split.valid_ratio", type=float, default=None,
@@ -50,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stratified: take valid from the test share (default) or the train share")
     p.add_argument("--cutoff", dest="split.cutoff", default=None, help="temporal: UTC timestamp")
     p.add_argument("--test-fraction", dest="split.test_fraction", type=float, default=None)
+    p.add_argument("--cold-item-fraction", dest="split.cold_item_fraction", type=float,
+                   default=None, help="cold_items: share of the catalogue held out whole")
 
 
 def _round_half_up(x):
@@ -99,6 +108,29 @@ def split_leave_last_out(interactions: DataFrame, *, cfg: Config) -> DataFrame:
         .otherwise(TRAIN)
     )
     return df.withColumn(S.SPLIT, split).drop("_n", "_r")
+
+
+def cold_item_set(interactions: DataFrame, *, cfg: Config) -> DataFrame:
+    """``item_idx`` of the items ``cold_items`` holds out: the first
+    round(``split.cold_item_fraction`` * n_items) items in the order of a seeded hash of the
+    item (so the choice depends on the seed and the item only, not on partitioning)."""
+    sc = cfg.split
+    items = interactions.select(S.ITEM_IDX).distinct()
+    n = items.count()
+    n_cold = int(math.floor(sc.cold_item_fraction * n + 0.5))
+    order = Window.orderBy(F.xxhash64(F.lit(sc.seed), F.lit("cold_items"), S.ITEM_IDX), S.ITEM_IDX)
+    return items.withColumn("_r", F.row_number().over(order)).where(
+        F.col("_r") <= n_cold).select(S.ITEM_IDX)
+
+
+def split_cold_items(interactions: DataFrame, *, cfg: Config) -> DataFrame:
+    """In: ``user_idx, item_idx, confidence, last_ts``. Out: + ``split``: every row of a cold
+    item (:func:`cold_item_set`) to test; the rest by :func:`split_stratified`."""
+    cold = F.broadcast(cold_item_set(interactions, cfg=cfg).withColumn("_cold", F.lit(True)))
+    df = interactions.join(cold, S.ITEM_IDX, "left")
+    warm = split_stratified(df.where(F.col("_cold").isNull()).drop("_cold"), cfg=cfg)
+    held = df.where(F.col("_cold")).drop("_cold").withColumn(S.SPLIT, F.lit(TEST))
+    return warm.unionByName(held)
 
 
 def temporal_cutoffs(events: DataFrame, *, cfg: Config) -> tuple[datetime, datetime]:
@@ -169,7 +201,8 @@ def build_splits(
         df = split_temporal(events, cfg=cfg, valid_cut=valid_cut, test_cut=test_cut)
     else:
         inter = lake.read(spark, L.GOLD_INTERACTIONS)
-        splitter = split_stratified if protocol == "stratified" else split_leave_last_out
+        splitter = {"stratified": split_stratified, "leave_last_out": split_leave_last_out,
+                    "cold_items": split_cold_items}[protocol]
         df = splitter(inter, cfg=cfg)
     marked = mark_cold(df).cache()
     counts = marked.groupBy(S.SPLIT, "cold_user", "cold_item").count().collect()
@@ -179,11 +212,14 @@ def build_splits(
             info[f"cold_user_{r[S.SPLIT]}"] = info.get(f"cold_user_{r[S.SPLIT]}", 0) + r["count"]
         if r["cold_item"]:
             info[f"cold_item_{r[S.SPLIT]}"] = info.get(f"cold_item_{r[S.SPLIT]}", 0) + r["count"]
-        if cfg.split.cold == "drop" and (r["cold_user"] or r["cold_item"]):
+        dropped = r["cold_user"] or (r["cold_item"] and protocol != "cold_items")
+        if cfg.split.cold == "drop" and dropped:
             info["dropped_cold"] = info.get("dropped_cold", 0) + r["count"]
     df = marked
     if cfg.split.cold == "drop":
-        df = df.where(~F.col("cold_user") & ~F.col("cold_item"))
+        # cold_items keeps its held-out items' rows: they are the protocol's point
+        keep_cold_items = protocol == "cold_items"
+        df = df.where(~F.col("cold_user") & (F.lit(keep_cold_items) | ~F.col("cold_item")))
     out = df.select(
         F.lit(protocol).alias(S.PROTOCOL), S.SPLIT, S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE,
         F.col(S.LAST_TS).alias(S.TS),
