@@ -641,3 +641,22 @@ def test_main_prints_progress_and_returns_manifests(tmp_path, capsys):
 def test_invalid_settings_are_rejected(tmp_path, bad):
     with pytest.raises(ConfigError):
         G.write_formats(make_cfg(tmp_path, **bad))
+
+
+def test_item_catalogue_plants_text_similarity_by_taste_cluster(tmp_path):
+    from jobs.generate.catalogue import THEMES, catalogue_rows, write_catalogue
+    from jobs.generate.world import world_of
+
+    g = load_config(values={"generate.items": 300, "generate.users": 50,
+                            "generate.categories": 20, "generate.taste_clusters": 5}).generate
+    rows = catalogue_rows(g)
+    assert rows == catalogue_rows(g)  # deterministic
+    assert [r[0] for r in rows] == [str(i + 1) for i in range(300)]  # the event files' ids
+    w = world_of(g)
+    for i, (_, title, category, _) in enumerate(rows):
+        theme, words = THEMES[int(w.item_cluster[i]) % len(THEMES)]
+        assert category.startswith(f"{theme} > ")
+        assert sum(t in words for t in title.lower().split()) >= 2  # the cluster's own words
+    path = write_catalogue(g, tmp_path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "item_id,title,category,brand" and len(lines) == 301

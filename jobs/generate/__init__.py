@@ -18,6 +18,9 @@ p_b, by a purchase of ``partner(i)``, a fixed seeded other item of i's category 
 
     reclake generate --behavior-signal cart=0.9,fav=0.4,view=0 --fav-rate 0.2
 
+Also writes the item catalogue ``<out>/items/items.csv`` (``catalogue.py``: titles and category
+paths whose words follow the taste clusters, so item text carries the planted structure).
+
 Writes ``<out>/<format>/part-NNNNN.<ext>`` (one part per chunk) and ``<out>/<format>/_manifest.json``
 (row counts, duplicates, dirty rows by reason code, behaviour counts, seed, files, and the planted
 structure's parameters under ``planted``, with ``planted_purchases``: the planted purchases
@@ -45,6 +48,7 @@ import argparse
 import time
 
 from common.config import Config
+from jobs.generate.catalogue import write_catalogue
 from jobs.generate.manifest import MANIFEST
 from jobs.generate.render import FORMATS, GENERIC_COLUMNS, GENERIC_SCHEMA
 from jobs.generate.sessions import TRIGGER_NAMES, n_chunks, window
@@ -132,8 +136,9 @@ def main(spark, cfg: Config) -> dict[str, dict]:
     """Write the synthetic log in every configured format; ``spark`` is unused (None)."""
     t0 = time.perf_counter()
     manifests = write_formats(cfg, progress=lambda line: print(line, flush=True))
-    seconds = time.perf_counter() - t0
     g = cfg.generate
+    items = write_catalogue(g)
+    seconds = time.perf_counter() - t0
     print(
         f"generate: {g.events:,} events in {seconds:.1f}s ({rate(g.events, seconds)}) -> {g.out}",
         flush=True,
@@ -144,4 +149,5 @@ def main(spark, cfg: Config) -> dict[str, dict]:
             f"+ {m['duplicates']:,} duplicates + {m['dirty']:,} dirty ({len(m['files'])} files)",
             flush=True,
         )
+    print(f"  {'items':<12} {g.items:>12,} items (titles, categories) -> {items}", flush=True)
     return manifests
