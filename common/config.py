@@ -342,6 +342,9 @@ class NcfConfig:
     layers: tuple[int, ...] = (64, 32, 16)
     dropout: float = 0.0
     negatives: int = 4  # sampled negatives per positive, per epoch
+    # random | text: item embeddings start from the items' text vectors (models/text_embeddings)
+    # through a learned projection (raytrain/models/text_init.py)
+    item_init: str = "random"
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,7 @@ class SasrecConfig:
     negatives: int = 100  # sampled softmax: uniform negatives, one draw shared by a batch
     target: str = "all"  # next item of any behaviour, or of one behaviour (e.g. purchase)
     behavior_embedding: bool = True  # off: the sequence carries items and positions only
+    item_init: str = "random"  # random | text (as ncf.item_init)
 
 
 @dataclass(frozen=True)
@@ -758,6 +762,10 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
         raise ConfigError("train.lr, train.cpus_per_worker and train.gpus_per_worker must be > 0")
     if t.fail_at is not None and not re.fullmatch(r"\d+:\d+", t.fail_at):
         raise ConfigError(f"train.fail_at must look like RANK:EPOCH (e.g. 1:2), got {t.fail_at!r}")
+    for key, value in (("ncf.item_init", cfg.ncf.item_init),
+                       ("sasrec.item_init", cfg.sasrec.item_init)):
+        if value not in ("random", "text"):
+            raise ConfigError(f"{key} must be random|text, got {value!r}")
     if cfg.sasrec.loss not in ("full", "sampled"):
         raise ConfigError(f"sasrec.loss must be full|sampled, got {cfg.sasrec.loss!r}")
     if cfg.sasrec.target != "all" and cfg.sasrec.target not in vocab:

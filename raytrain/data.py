@@ -170,6 +170,41 @@ def read_table(lake: Lake, table: str, version: int, *, columns: Sequence[str] |
                                columns=list(columns) if columns is not None else None, **kwargs)
 
 
+def load_item_text(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items: int
+                   ) -> np.ndarray:
+    """(n_items, text_dim) float32: row j the text vector of item_idx j (``models/text_embeddings``
+    joined with ``silver/item_index`` on item_id, both at their pinned versions), zero where an
+    item has none. The model is ``text.embed_model`` or the table's only one."""
+    from deltalake import DeltaTable
+
+    def arrow(table: str, columns: list[str]) -> pa.Table:
+        dt = DeltaTable(lake.path(table), version=int(versions[table]))
+        try:
+            return dt.to_pyarrow_table(columns=columns)
+        finally:
+            del dt
+
+    emb = arrow(L.MODELS_TEXT_EMBEDDINGS, [S.ITEM_ID, S.MODEL, S.VECTOR])
+    have = sorted(set(emb.column(S.MODEL).to_pylist()))
+    name = cfg.text.embed_model or (have[0] if len(have) == 1 else None)
+    if name is None or name not in have:
+        raise ConfigError(f"{L.MODELS_TEXT_EMBEDDINGS} holds vectors of {have}; choose one with "
+                          f"text.embed_model" if have else
+                          f"{L.MODELS_TEXT_EMBEDDINGS} is empty; run `reclake embed` first")
+    emb = emb.filter(pc.equal(emb.column(S.MODEL), name))
+    index = arrow(L.SILVER_ITEM_INDEX, [S.ITEM_ID, S.ITEM_IDX])
+    joined = emb.join(index, S.ITEM_ID, join_type="inner")
+    idx = joined.column(S.ITEM_IDX).to_numpy()
+    vec = np.stack(joined.column(S.VECTOR).to_numpy(zero_copy_only=False)).astype(np.float32) \
+        if joined.num_rows else np.zeros((0, 1), np.float32)
+    keep = idx < n_items
+    out = np.zeros((n_items, vec.shape[1]), np.float32)
+    out[idx[keep]] = vec[keep]
+    log.info("text-initialised item embeddings: %s of %s items have a %s vector",
+             f"{int(keep.sum()):,}", f"{n_items:,}", name)
+    return out
+
+
 # --- the user -> items index ----------------------------------------------------------------------
 
 
@@ -203,6 +238,8 @@ class TrainData:
     test_indptr: np.ndarray
     test_indices: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    # (n_items, text_dim) float32 text vectors (zero rows: no vector), for <model>.item_init: text
+    item_text: np.ndarray | None = None
 
     def seen_of(self, users: np.ndarray) -> list[np.ndarray]:
         """Per user of ``users``, its sorted train items (int32 views into the index)."""

@@ -317,7 +317,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
                 n_behaviors=len(cfg.vocabulary), graph=data.train_pairs() if kind == "graph"
-                else None)
+                else None, item_text=data.item_text)
     model = ray.train.torch.prepare_model(
         net, parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -522,7 +522,8 @@ class Scorer:
         state = load_state(checkpoint_path)
         self.net = build(self.cfg.run.model, n_users=data.n_users, n_items=data.n_items,
                          cfg=self.cfg, n_behaviors=len(self.cfg.vocabulary),
-                         graph=data.train_pairs() if self.kind == "graph" else None)
+                         graph=data.train_pairs() if self.kind == "graph" else None,
+                         item_text=data.item_text)
         self.net.load_state_dict(state["best_model"] or state["model"])
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.net.to(self.device).eval()
@@ -609,6 +610,9 @@ def train_run(cfg: Config) -> RunRecord:
     secs: dict[str, float] = {}
     # pinned before Ray starts: a missing table is a one-line error without a cluster
     tables = [L.GOLD_SPLITS] + ([L.GOLD_SEQUENCES] if kind == "sequence" else [])
+    text_init = getattr(getattr(cfg, name, None), "item_init", "random") == "text"
+    if text_init:
+        tables += [L.MODELS_TEXT_EMBEDDINGS, L.SILVER_ITEM_INDEX]
     versions = D.pin_versions(lake, tables)
     t0 = time.perf_counter()
     started = _init_ray(cfg)
@@ -616,6 +620,8 @@ def train_run(cfg: Config) -> RunRecord:
     try:
         t0 = time.perf_counter()
         data, pairs = D.load_train_data(lake, cfg, versions)
+        if text_init:
+            data.item_text = D.load_item_text(lake, cfg, versions, data.n_items)
         datasets = {"train": pairs}
         if kind == "sequence":
             seqs = D.load_sequences(lake, cfg, versions, data).materialize()
@@ -702,7 +708,8 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, state: dict, *, run_id: 
     model_cls = models.get(name)
     net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
                 n_behaviors=len(cfg.vocabulary),
-                graph=data.train_pairs() if model_cls.kind == "graph" else None)
+                graph=data.train_pairs() if model_cls.kind == "graph" else None,
+                item_text=data.item_text)
     net.load_state_dict(state["best_model"] or state["model"])
     net.eval()
     with torch.no_grad():

@@ -317,3 +317,49 @@ def test_ddp_every_parameter_reduced(tmp_path):
             assert all(moved), name
     finally:
         dist.destroy_process_group()
+
+
+def _item_text(n: int, d: int = 12, groups: int = 3) -> np.ndarray:
+    """Unit text vectors of ``n`` items in ``groups`` tight clusters; item 5 has none."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(groups, d))
+    v = centres[np.arange(n) % groups] + 0.05 * rng.normal(size=(n, d))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v[5] = 0.0
+    return v.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "ncf"])
+def test_text_initialised_item_embeddings(name):
+    text = _item_text(30)
+    torch.manual_seed(0)
+    net = build(name, n_users=4, n_items=30, cfg=_cfg(), n_behaviors=6, item_text=text)
+    mods = [net.item] if name == "sasrec" else [net.item_gmf, net.item_mlp]
+    has = np.linalg.norm(text, axis=1) > 0
+    for mod in mods:
+        w = mod.weight.detach().numpy()[1:] if name == "sasrec" else mod.weight.detach().numpy()
+        assert w.shape[0] == 30
+        u = w / np.linalg.norm(w, axis=1, keepdims=True)
+        sim = u @ u.T
+        same = np.arange(30)[:, None] % 3 == np.arange(30)[None, :] % 3
+        both = has[:, None] & has[None, :] & ~np.eye(30, dtype=bool)
+        # at step 0, items that read alike sit together: same-cluster rows are near-parallel
+        assert sim[same & both].mean() > 0.9
+        assert sim[same & both].mean() > sim[~same & both].mean() + 0.5
+        # rows with text are exactly W t (the residual starts at 0)
+        np.testing.assert_allclose(w[has], text[has] @ mod.proj.weight.detach().numpy().T,
+                                   rtol=1e-5, atol=1e-6)
+    if name == "sasrec":
+        assert torch.count_nonzero(net.item.weight[0]) == 0  # padding stays zero
+        net.train()
+        target = torch.tensor([[0, 4, 5, 6, 7, 0], [0, 0, 0, 7, 8, 0]])
+        net({"seq": SEQ, "beh": BEH, "target": target}).backward()
+    else:
+        batch = {"user_idx": torch.tensor([0, 1]), "item_idx": torch.tensor([0, 3]),
+                 "neg_items": torch.tensor([[1, 2], [4, 5]])}
+        net(batch).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    assert any("proj" in n for n, _ in net.named_parameters())
+    # a state dict round-trips into a model built the same way (what the scorer does)
+    again = build(name, n_users=4, n_items=30, cfg=_cfg(), n_behaviors=6, item_text=text)
+    again.load_state_dict(net.state_dict())

@@ -19,17 +19,19 @@ __all__ = ["KINDS", "MODELS", "LightGCN", "NeuMF", "RecModel", "SASRec", "build"
 
 
 def build(name: str, *, n_users: int, n_items: int, cfg: Config, n_behaviors: int = 6,
-          graph=None) -> RecModel:
+          graph=None, item_text=None) -> RecModel:
     """The model ``name`` (a key of MODELS) sized for ``n_users`` x ``n_items``, its settings
     from ``cfg.ncf`` / ``cfg.sasrec`` / ``cfg.lightgcn``. ``n_behaviors``: behaviour ids
     1..n_behaviors (SASRec only); ``graph``: (user_idx, item_idx) train pair arrays (LightGCN
-    only, required). An unknown name, or LightGCN without a graph, is a ConfigError."""
+    only, required); ``item_text``: (n_items, text_dim) text vectors that NeuMF / SASRec initialise
+their item embeddings from (``<model>.item_init: text``). An unknown name, or LightGCN without a
+graph, is a ConfigError."""
     if name not in MODELS:
         raise ConfigError(f"unknown deep model {name!r}; known: {', '.join(sorted(MODELS))}")
     if name == "ncf":
         c = cfg.ncf
         return NeuMF(n_users, n_items, dim_gmf=c.dim_gmf, dim_mlp=c.dim_mlp, layers=c.layers,
-                     dropout=c.dropout)
+                     dropout=c.dropout, item_text=item_text)
     if name == "lightgcn":
         if graph is None:
             raise ConfigError("lightgcn needs the train graph (user_idx, item_idx)")
@@ -38,4 +40,5 @@ def build(name: str, *, n_users: int, n_items: int, cfg: Config, n_behaviors: in
     c = cfg.sasrec
     return SASRec(n_items, n_behaviors=n_behaviors, max_len=c.max_len, dim=c.dim, heads=c.heads,
                   blocks=c.blocks, dropout=c.dropout, loss=c.loss, negatives=c.negatives,
-                  behavior_embedding=c.behavior_embedding, n_users=n_users)
+                  behavior_embedding=c.behavior_embedding, n_users=n_users,
+                  item_text=item_text)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytrain.models.base import RecModel
+from raytrain.models.text_init import TextItemEmbedding
 
 
 class NeuMF(RecModel):
@@ -21,7 +22,7 @@ class NeuMF(RecModel):
 
     def __init__(self, n_users: int, n_items: int, *, dim_gmf: int = 32, dim_mlp: int = 32,
                  layers: Sequence[int] = (64, 32, 16), dropout: float = 0.0,
-                 score_pairs: int = 1 << 18):
+                 score_pairs: int = 1 << 18, item_text=None):
         super().__init__()
         self.n_users, self.n_items, self.score_pairs = n_users, n_items, score_pairs
         self.dim_gmf, self.dim_mlp = dim_gmf, dim_mlp
@@ -41,6 +42,9 @@ class NeuMF(RecModel):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        if item_text is not None:  # (n_items, text_dim): both item tables text-initialised
+            self.item_gmf = TextItemEmbedding(item_text, dim_gmf, padding=False, std=0.01)
+            self.item_mlp = TextItemEmbedding(item_text, dim_mlp, padding=False, std=0.01)
 
     def logits(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """(b,) users and (b,) items -> (b,) logits."""

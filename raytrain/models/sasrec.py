@@ -5,7 +5,9 @@ The input at each position is sqrt(dim) * E_item[token] + E_pos[position] (+ E_b
 when ``behavior_embedding``), then dropout, ``blocks`` pre-LN transformer blocks with causal
 self-attention and a point-wise feed-forward net, and a final LayerNorm. Padded positions are
 zeroed after every block, so padding never reaches a real position. The item embedding is shared
-by input and output: the logit of item i at a position is h . E_item[i + 1].
+by input and output: the logit of item i at a position is h . E_item[i + 1]. With ``item_text``
+(``sasrec.item_init: text``) E_item is initialised from the items' text vectors through a learned
+projection (``text_init.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytrain.models.base import RecModel
+from raytrain.models.text_init import TextItemEmbedding
 
 
 class _Block(nn.Module):
@@ -45,7 +48,8 @@ class SASRec(RecModel):
 
     def __init__(self, n_items: int, *, n_behaviors: int, max_len: int = 50, dim: int = 64,
                  heads: int = 2, blocks: int = 2, dropout: float = 0.2, loss: str = "full",
-                 negatives: int = 100, behavior_embedding: bool = True, n_users: int = 0):
+                 negatives: int = 100, behavior_embedding: bool = True, n_users: int = 0,
+                 item_text=None):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim
         self.loss_kind, self.negatives = loss, negatives
@@ -59,6 +63,8 @@ class SASRec(RecModel):
         nn.init.normal_(self.item.weight, std=dim ** -0.5)
         with torch.no_grad():
             self.item.weight[0].zero_()
+        if item_text is not None:  # (n_items, text_dim): text-initialised (text_init.py)
+            self.item = TextItemEmbedding(item_text, dim, padding=True, std=dim ** -0.5)
 
     def hidden(self, seq: torch.Tensor, beh: torch.Tensor) -> torch.Tensor:
         """``seq``, ``beh`` (b, L) LongTensors, L <= max_len, left-padded with 0 -> (b, L, dim)
