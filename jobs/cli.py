@@ -38,6 +38,7 @@ EXIT_BAD_INPUT = 2
 STAGES: dict[str, str] = {
     "generate": "jobs.generate",
     "ingest": "jobs.ingest",
+    "ingest-items": "jobs.ingest_items",
     "transform": "jobs.transform",
     "split": "jobs.split",
     "fit": "jobs.fit",
@@ -172,7 +173,9 @@ def config_from_namespace(ns: argparse.Namespace):
 
 
 def _stage_name(module) -> str:
-    return module.__name__.rsplit(".", 1)[-1]
+    """The command name of a stage module (``jobs.ingest_items`` -> ``ingest-items``)."""
+    by_module = {m: name for name, m in STAGES.items()}
+    return by_module.get(module.__name__, module.__name__.rsplit(".", 1)[-1])
 
 
 def execute(module, cfg) -> int:
