@@ -297,7 +297,7 @@ def test_cli_mapping_naming_missing_columns_is_one_error(spark, tmp_path: Path, 
                    "items.generic.columns={item_id: item_id, title: name, brand: maker}"])
     assert rc == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("reclake ingest_items: error: ")
+    assert len(err) == 1 and err[0].startswith("reclake ingest-items: error: ")
     assert "['maker', 'name']" in err[0]
     assert not (lake_dir / "silver" / "items").exists()
 
