@@ -345,6 +345,11 @@ class NcfConfig:
     # random | text: item embeddings start from the items' text vectors (models/text_embeddings)
     # through a learned projection (raytrain/models/text_init.py)
     item_init: str = "random"
+    # multi-task: a head predicting this behaviour on a (user, item) pair (None: off); label =
+    # cnt_<b> > 0, or amt_<b> >= task_min_value when set (MovieLens: rating, 4)
+    task_target: str | None = None
+    task_min_value: float | None = None
+    task_weight: float = 1.0  # the task loss's weight beside the ranking loss
 
 
 @dataclass(frozen=True)
@@ -762,6 +767,11 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
         raise ConfigError("train.lr, train.cpus_per_worker and train.gpus_per_worker must be > 0")
     if t.fail_at is not None and not re.fullmatch(r"\d+:\d+", t.fail_at):
         raise ConfigError(f"train.fail_at must look like RANK:EPOCH (e.g. 1:2), got {t.fail_at!r}")
+    if cfg.ncf.task_target is not None and cfg.ncf.task_target not in vocab:
+        raise ConfigError(f"ncf.task_target must be a known behaviour {sorted(vocab)}, got "
+                          f"{cfg.ncf.task_target!r}")
+    if cfg.ncf.task_weight <= 0:
+        raise ConfigError(f"ncf.task_weight must be > 0, got {cfg.ncf.task_weight}")
     for key, value in (("ncf.item_init", cfg.ncf.item_init),
                        ("sasrec.item_init", cfg.sasrec.item_init)):
         if value not in ("random", "text"):

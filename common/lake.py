@@ -27,6 +27,8 @@ GOLD_ITEM_FEATURES = "gold/item_features"
 GOLD_SEQUENCES = "gold/sequences"
 GOLD_SPLITS = "gold/splits"
 GOLD_RECOMMENDATIONS = "gold/recommendations"
+# a run's predicted probability of a behaviour on the held-out pairs (a model's task head)
+GOLD_PREDICTIONS = "gold/predictions"
 MODELS_ALS_USER_FACTORS = "models/als_user_factors"
 MODELS_ALS_ITEM_FACTORS = "models/als_item_factors"
 MODELS_RUNS = "models/runs"
@@ -73,6 +75,7 @@ ALL_TABLES: tuple[str, ...] = (
     GOLD_SEQUENCES,
     GOLD_SPLITS,
     GOLD_RECOMMENDATIONS,
+    GOLD_PREDICTIONS,
     MODELS_ALS_USER_FACTORS,
     MODELS_ALS_ITEM_FACTORS,
     MODELS_RUNS,
@@ -91,7 +94,7 @@ ALL_TABLES: tuple[str, ...] = (
     INFLUENCE_BEHAVIOR_SHAPLEY,
 )
 # tables the demo does not write (the ablation is not part of it)
-NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY,)
+NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY, GOLD_PREDICTIONS)
 
 
 def _is_uri(p: str) -> bool:

@@ -141,3 +141,51 @@ def catalogue_metrics(items: np.ndarray, counts: np.ndarray, train_indptr: np.nd
             "novelty": float((-np.log2(pop[rows[known]])).mean()) if known.any() else math.nan,
         }
     return out
+
+
+# --- behaviour prediction (a model's task head) ----------------------------------------------------
+
+#: metrics of a probability prediction of a behaviour on held-out pairs (``metrics/evaluation``
+#: rows with target ``task:<label>``, k 0)
+PREDICTION_METRICS: tuple[str, ...] = ("auc", "log_loss", "auc_popularity", "pairs",
+                                       "positive_rate")
+LOG_LOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] (float32's resolution near 1)
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting one half (Mann-Whitney U with average ranks). NaN without both
+    classes."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # average 1-based ranks over runs of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy (natural log), probabilities clipped to [eps, 1 - eps]."""
+    y = np.asarray(labels, dtype=np.float64)
+    if len(y) == 0:
+        return math.nan
+    p = np.clip(np.asarray(probs, dtype=np.float64), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def prediction_metrics(labels: np.ndarray, probs: np.ndarray,
+                       popularity: np.ndarray) -> dict[str, float]:
+    """:data:`PREDICTION_METRICS` of ``probs`` against 0/1 ``labels``; ``auc_popularity`` is the
+    AUC of the items' train popularity on the same pairs (the baseline)."""
+    return {"auc": auc(labels, probs), "log_loss": log_loss(labels, probs),
+            "auc_popularity": auc(labels, popularity), "pairs": float(len(labels)),
+            "positive_rate": float(np.mean(labels)) if len(labels) else math.nan}

@@ -251,6 +251,20 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
     ]
 )
 
+# gold/predictions: a run's probability of its task label (e.g. "rating>=4") per held-out pair
+PREDICTION = "prediction"
+PREDICTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(MODEL, T.StringType(), False),
+        T.StructField(PROTOCOL, T.StringType(), False),
+        T.StructField(TARGET, T.StringType(), False),
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType(), False),
+        T.StructField(PREDICTION, T.DoubleType(), False),
+    ]
+)
+
 FACTORS_SCHEMA = T.StructType(
     [
         T.StructField(RUN_ID, T.StringType(), False),

@@ -10,7 +10,10 @@ leaves this evaluation unchanged. Writes one row per (k, metric) — precision, 
 hit_rate, mrr, users_evaluated, users_truth_no_recs, users_recs_no_truth, coverage,
 mean_popularity, novelty — and prints a table. Re-running a run and target replaces its rows.
 Runs of the ``cold_items`` protocol also get the ranking metrics of cold items and of warm items
-apart, as targets ``<target>/cold`` and ``<target>/warm`` (:func:`segment_metrics`).
+apart, as targets ``<target>/cold`` and ``<target>/warm`` (:func:`segment_metrics`). A run with
+a task head (``ncf.task_target``: ``gold/predictions``) also gets AUC and log-loss of its
+predicted probabilities on the test pairs, beside the AUC of item popularity (target
+``task:<label>``, k 0; :func:`prediction_metrics_spark`).
 
 The definitions are stated once, in ``common/metrics.py``; a test asserts they agree with the
 plain-Python reference (``tests/reference/metrics.py``) to 1e-9 on random data with tied scores,
@@ -202,13 +205,31 @@ def evaluate_run(
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     per_target = {target: {k: {**ranking[k], **catalogue[k]} for k in ks}}
     per_target.update({f"{target}{SEGMENT_SEP}{seg}": m for seg, m in segments.items()})
+    if L.GOLD_PREDICTIONS in rec.outputs:  # a task head's predictions: AUC, log-loss
+        preds = rec.read(spark, lake, L.GOLD_PREDICTIONS).where(F.col(S.RUN_ID) == run_id)
+        for (task,) in preds.select(S.TARGET).distinct().collect():
+            labels = task_labels(truth if target == ALL_TARGETS else splits.where(
+                F.col(S.SPLIT) == S.TEST), rec.params)
+            per_target[task] = {0: prediction_metrics_spark(
+                preds.where(F.col(S.TARGET) == task), labels, train)}
     return [
         {S.RUN_ID: run_id, S.MODEL: model, S.DATASET: dataset, S.PROTOCOL: protocol,
          S.TARGET: tgt, S.K: k, S.METRIC: metric, S.VALUE: value, S.CREATED_AT: created}
         for tgt, by_k in per_target.items()
-        for k in ks
+        for k in by_k
         for metric, value in by_k[k].items()
     ]
+
+
+def task_labels(test: DataFrame, params: dict) -> DataFrame:
+    """``user_idx, item_idx, label`` of test rows for the task a run's params define
+    (``ncf.task_target`` / ``ncf.task_min_value``: amt >= threshold, else count > 0)."""
+    b, m = params.get("ncf.task_target"), params.get("ncf.task_min_value")
+    if b is None:
+        raise ConfigError("the run wrote gold/predictions but records no ncf.task_target")
+    col = F.coalesce(F.col(S.amount_col(b) if m is not None else S.count_col(b)), F.lit(0.0))
+    label = (col >= F.lit(float(m))) if m is not None else (col > 0)
+    return test.select(S.USER_IDX, S.ITEM_IDX, label.cast("double").alias("label"))
 
 
 def segment_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, *,
@@ -235,6 +256,52 @@ def segment_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, *,
         top = seg_recs.where(F.col(S.RANK) <= max(ks)).select(S.USER_IDX, S.ITEM_IDX, S.RANK)
         out[seg] = ranking_metrics(top, part(truth, is_warm).select(S.USER_IDX, S.ITEM_IDX), ks=ks)
     return out
+
+
+def prediction_metrics_spark(preds: DataFrame, labels: DataFrame, train: DataFrame
+                             ) -> dict[str, float]:
+    """``common.ranking.PREDICTION_METRICS`` of a run's ``gold/predictions`` rows.
+
+    In: preds ``user_idx, item_idx, prediction``; labels ``user_idx, item_idx, label`` (0/1, the
+    test pairs); train ``user_idx, item_idx`` (popularity = the item's train users). AUC by Spark
+    ML's exact ROC (``numBins=0``: no down-sampling; ties as ROC interpolation, i.e. one half),
+    log-loss with probabilities clipped to [1e-7, 1 - 1e-7]."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+
+    from common import ranking
+
+    pop = train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias("_pop"))
+    df = preds.join(labels, [S.USER_IDX, S.ITEM_IDX]).join(pop, S.ITEM_IDX, "left").select(
+        F.col(S.PREDICTION).cast("double").alias(S.PREDICTION),
+        F.col("label").cast("double").alias("label"), F.coalesce("_pop", F.lit(0.0)).alias("_pop"))
+    eps = ranking.LOG_LOSS_EPS
+    p = F.least(F.greatest(F.col(S.PREDICTION), F.lit(eps)), F.lit(1 - eps))
+    y = F.col("label")
+    agg = df.agg(F.count(F.lit(1)).alias("n"), F.avg(y).alias("rate"),
+                 F.avg(-(y * F.log(p) + (1 - y) * F.log(1 - p))).alias("ll"),
+                 F.countDistinct(y).alias("classes")).first()
+    out = {"pairs": float(agg["n"]), "positive_rate": _num(agg["rate"]),
+           "log_loss": _num(agg["ll"]), "auc": math.nan, "auc_popularity": math.nan}
+    if agg["classes"] == 2:
+        ev = BinaryClassificationEvaluator(labelCol="label", metricName="areaUnderROC",
+                                           numBins=0)
+        out["auc"] = ev.setRawPredictionCol(S.PREDICTION).evaluate(df)
+        out["auc_popularity"] = ev.setRawPredictionCol("_pop").evaluate(df)
+    return out
+
+
+def format_prediction_rows(rows: Sequence[dict]) -> str:
+    """One line per (run, task target) of behaviour-prediction rows (k 0); '' when none."""
+    groups: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r[S.K] == 0:
+            groups.setdefault((r[S.RUN_ID], r[S.TARGET]), {})[r[S.METRIC]] = r[S.VALUE]
+    return "\n".join(
+        f"{run} {target}: AUC {m.get('auc', math.nan):.4f} (item popularity "
+        f"{m.get('auc_popularity', math.nan):.4f}), log-loss {m.get('log_loss', math.nan):.4f} "
+        f"on {int(m.get('pairs', 0)):,} held-out pairs (positive rate "
+        f"{m.get('positive_rate', math.nan):.3f})"
+        for (run, target), m in groups.items())
 
 
 def _fmt(metric: str, value, decimals: int = 4) -> str:
@@ -311,7 +378,10 @@ def main(spark: SparkSession, cfg: Config) -> list[dict]:
     with timed(log, f"{L.METRICS_EVALUATION} run_id={run_id} target={ev.target} k={list(ev.k)}"):
         rows = evaluate_run(spark, lake, run_id=run_id, ks=ev.k, target=ev.target, dataset=dataset)
         write_evaluation(spark, lake, rows, run_id=run_id, target=ev.target)
-    print(format_table(rows, ev.compare_published))
+    print(format_table([r for r in rows if r[S.K] > 0], ev.compare_published))
+    task = format_prediction_rows(rows)
+    if task:
+        print(task)
     return rows
 
 

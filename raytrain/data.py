@@ -385,11 +385,43 @@ def load_train_data(lake: Lake, cfg: Config, versions: Mapping[str, int], *,
         valid_indptr=csr[S.VALID][0], valid_indices=csr[S.VALID][1],
         test_indptr=csr[S.TEST][0], test_indices=csr[S.TEST][1], counts=counts)
     pairs = read_table(lake, L.GOLD_SPLITS, version,
-                       columns=[S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE], filter_protocol=protocol,
+                       columns=[S.USER_IDX, S.ITEM_IDX, S.CONFIDENCE, *task_columns(cfg)],
+                       filter_protocol=protocol,
                        predicate=(pc.field(S.SPLIT).isin(list(train_parts(cfg.split.fold_valid)))
                                   & (pc.field(S.CONFIDENCE) > 0)),
                        storage_options=storage_options)
     return data, pairs
+
+
+# --- the multi-task label ----------------------------------------------------------------------
+
+
+def task_name(cfg: Config) -> str | None:
+    """The multi-task label's name (``purchase``, ``rating>=4``); None when off."""
+    c = cfg.ncf
+    if c.task_target is None:
+        return None
+    return c.task_target if c.task_min_value is None else f"{c.task_target}>={c.task_min_value:g}"
+
+
+def task_columns(cfg: Config) -> list[str]:
+    """The gold/splits column the label is read from: ``amt_<b>`` with a threshold, else
+    ``cnt_<b>``; none when the task is off."""
+    c = cfg.ncf
+    if c.task_target is None:
+        return []
+    return [S.amount_col(c.task_target) if c.task_min_value is not None
+            else S.count_col(c.task_target)]
+
+
+def task_labels(columns: Mapping[str, np.ndarray], cfg: Config) -> np.ndarray:
+    """float32 0/1 labels of rows (``columns`` holding :func:`task_columns`): amt >= threshold,
+    or count > 0; nulls are 0."""
+    (col,) = task_columns(cfg)
+    x = np.asarray(columns[col], dtype=np.float64)
+    x = np.nan_to_num(x, nan=0.0)
+    m = cfg.ncf.task_min_value
+    return ((x >= m) if m is not None else (x > 0)).astype(np.float32)
 
 
 # --- negatives ----------------------------------------------------------------------------------
@@ -663,9 +695,12 @@ def _iter_numpy(shard, *, batch_size: int, prefetch_batches: int,
 def pairs_batches(shard, *, batch_size: int, data: TrainData, n_neg: int,
                   rng: np.random.Generator, prefetch_batches: int = 1,
                   local_shuffle_seed: int | None = None,
-                  local_shuffle_buffer_size: int | None = None) -> Iterator[dict]:
+                  local_shuffle_buffer_size: int | None = None,
+                  task_cfg: Config | None = None) -> Iterator[dict]:
     """Batches of train pairs with sampled negatives: dicts of torch LongTensors ``user_idx`` (b,),
-    ``item_idx`` (b,), ``neg_items`` (b, n_neg) (from ``rng``, batch after batch)."""
+    ``item_idx`` (b,), ``neg_items`` (b, n_neg) (from ``rng``, batch after batch); with
+    ``task_cfg`` (a config whose ``ncf.task_target`` is set) also ``task_label`` (b,) float32
+    (:func:`task_labels`)."""
     import torch
 
     for b in _iter_numpy(shard, batch_size=batch_size, prefetch_batches=prefetch_batches,
@@ -675,8 +710,11 @@ def pairs_batches(shard, *, batch_size: int, data: TrainData, n_neg: int,
         users = np.asarray(b[S.USER_IDX], dtype=np.int64)
         items = np.asarray(b[S.ITEM_IDX], dtype=np.int64)
         negs = sample_negatives(users, n_neg, data, rng)
-        yield {S.USER_IDX: torch.from_numpy(users), S.ITEM_IDX: torch.from_numpy(items),
+        out = {S.USER_IDX: torch.from_numpy(users), S.ITEM_IDX: torch.from_numpy(items),
                NEG_ITEMS: torch.from_numpy(negs)}
+        if task_cfg is not None:
+            out["task_label"] = torch.from_numpy(task_labels(b, task_cfg))
+        yield out
 
 
 def sequence_batches(shard, *, batch_size: int, max_len: int, target_behavior_id: int | None,

@@ -364,8 +364,9 @@ def train_loop_per_worker(config: dict) -> None:
                                          local_shuffle_seed=int(rng.integers(2**31)))
         else:
             n_neg = cfg.ncf.negatives if kind == "pairs" else cfg.lightgcn.negatives
+            task = cfg if name == "ncf" and cfg.ncf.task_target else None
             batches = D.pairs_batches(shard, batch_size=t.batch_size, data=data, n_neg=n_neg,
-                                      rng=rng, prefetch_batches=t.prefetch_batches,
+                                      rng=rng, prefetch_batches=t.prefetch_batches, task_cfg=task,
                                       local_shuffle_seed=int(rng.integers(2**31)))
         loss_sum, steps, samples = 0.0, 0, 0
         for batch in batches:
@@ -732,7 +733,58 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, state: dict, *, run_id: 
             for kk in ks for m, v in {**rank_m[kk], **cat_m[kk]}.items()]
     outputs[L.METRICS_EVALUATION] = IO.write_evaluation(lake, rows, run_id=run_id,
                                                         target=ALL_TARGETS)
+    if name == "ncf" and cfg.ncf.task_target:
+        task_rows, version = _task_predictions(cfg, lake, data, net, run_id=run_id,
+                                               protocol=protocol, created=created)
+        outputs[L.GOLD_PREDICTIONS] = version
+        outputs[L.METRICS_EVALUATION] = IO.write_evaluation(
+            lake, task_rows, run_id=run_id, target=task_rows[0][S.TARGET])
+        rows = rows + task_rows
     return outputs, rows
+
+
+def _task_predictions(cfg: Config, lake: Lake, data, net, *, run_id: str, protocol: str,
+                      created) -> tuple[list[dict], int]:
+    """The task head's probability on every test pair -> ``gold/predictions``; its AUC and
+    log-loss against the pairs' labels, beside the AUC of item popularity (the train users of
+    the item), as ``metrics/evaluation`` rows of target ``task:<label>``, k 0."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import torch
+
+    from common import ranking
+    from raytrain import data as D
+    from raytrain import lake_io as IO
+
+    rows = D.read_table(lake, L.GOLD_SPLITS, data.inputs[L.GOLD_SPLITS],
+                        columns=[S.USER_IDX, S.ITEM_IDX, *D.task_columns(cfg)],
+                        filter_protocol=protocol, predicate=pc.field(S.SPLIT) == S.TEST)
+    got = D._collect(rows, [S.USER_IDX, S.ITEM_IDX, *D.task_columns(cfg)])
+    users, items = got[S.USER_IDX].astype(np.int64), got[S.ITEM_IDX].astype(np.int64)
+    labels = D.task_labels(got, cfg)
+    probs = np.zeros(len(users), np.float64)
+    step = 1 << 16
+    with torch.no_grad():
+        for s0 in range(0, len(users), step):
+            u = torch.from_numpy(users[s0:s0 + step])
+            i = torch.from_numpy(items[s0:s0 + step])
+            probs[s0:s0 + step] = torch.sigmoid(net.task_logits(u, i).float()).numpy()
+    popularity = np.bincount(data.seen_indices, minlength=data.n_items)[items]
+    name = D.task_name(cfg)
+    target = f"task:{name}"
+    table = pa.table({S.RUN_ID: [run_id] * len(users), S.MODEL: [cfg.run.model] * len(users),
+                      S.PROTOCOL: [protocol] * len(users), S.TARGET: [target] * len(users),
+                      S.USER_IDX: users.astype(np.int32), S.ITEM_IDX: items.astype(np.int32),
+                      S.PREDICTION: probs},
+                     schema=IO.arrow_schema(S.PREDICTIONS_SCHEMA))
+    version = IO.replace_rows(lake, L.GOLD_PREDICTIONS, table, IO.run_where(run_id))
+    metrics = ranking.prediction_metrics(labels, probs, popularity)
+    log.info("task %s on %s test pairs: AUC %.4f (item popularity %.4f), log-loss %.4f", name,
+             f"{len(users):,}", metrics["auc"], metrics["auc_popularity"], metrics["log_loss"])
+    dataset = cfg.run.dataset or cfg.ingest.source_format
+    return ([{S.RUN_ID: run_id, S.MODEL: cfg.run.model, S.DATASET: dataset, S.PROTOCOL: protocol,
+              S.TARGET: target, S.K: 0, S.METRIC: m, S.VALUE: v, S.CREATED_AT: created}
+             for m, v in metrics.items()], version)
 
 
 def write_embeddings(lake: Lake, model: str, emb: dict, *, run_id: str) -> dict[str, int]:
@@ -755,9 +807,12 @@ def write_embeddings(lake: Lake, model: str, emb: dict, *, run_id: str) -> dict[
 
 
 def _print_evaluation(rows: list[dict]) -> None:
-    from jobs.evaluate import format_table
+    from jobs.evaluate import format_prediction_rows, format_table
 
-    print(format_table(rows))
+    print(format_table([r for r in rows if r[S.K] > 0]))
+    task = format_prediction_rows(rows)
+    if task:
+        print(task)
 
 
 def main(spark, cfg: Config) -> RunRecord:

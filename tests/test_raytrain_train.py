@@ -37,8 +37,9 @@ def _planted_lake(root: str) -> dict:
             ts = t0 + timedelta(hours=u * 100 + j)
             split = S.TRAIN if j < 6 else S.VALID if j == 6 else S.TEST
             for protocol in ("stratified", "leave_last_out"):
+                # the multi-task label: a purchase of every fourth item
                 rows.append({"protocol": protocol, "split": split, "user_idx": u, "item_idx": i,
-                             "confidence": 1.0, "ts": ts})
+                             "confidence": 1.0, "ts": ts, "cnt_purchase": float(i % 4 == 0)})
             items.append(i)
             behs.append(S.VIEW if j % 3 else S.PURCHASE)
             tss.append(ts)
@@ -47,7 +48,7 @@ def _planted_lake(root: str) -> dict:
     splits = pa.Table.from_pylist(rows, pa.schema([
         ("protocol", pa.string()), ("split", pa.string()), ("user_idx", pa.int32()),
         ("item_idx", pa.int32()), ("confidence", pa.float64()),
-        ("ts", pa.timestamp("us", tz="UTC"))]))
+        ("ts", pa.timestamp("us", tz="UTC")), ("cnt_purchase", pa.float64())]))
     write_deltalake(f"{root}/{L.GOLD_SPLITS}", splits, partition_by=["protocol"])
     seq_t = pa.Table.from_pylist(seqs, pa.schema([
         ("user_idx", pa.int32()), ("item_seq", pa.list_(pa.int32())),
@@ -84,7 +85,7 @@ def test_ncf_train_writes_lake_and_matches_evaluate(ray_local, spark, make_cfg):
     from raytrain.train import train_run
 
     cfg = _cfg(make_cfg, run__model="ncf", run__run_id="ncf-1", train__num_workers=2,
-               train__cpus_per_worker=0.5)
+               train__cpus_per_worker=0.5, ncf__task_target="purchase")
     lake = Lake(cfg.lake)
     train_pairs = _planted_lake(cfg.lake)
     record = train_run(cfg)
@@ -115,6 +116,17 @@ def test_ncf_train_writes_lake_and_matches_evaluate(ray_local, spark, make_cfg):
         a, b = ray_metrics[(r[S.K], r[S.METRIC])], r[S.VALUE]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12), r
     assert ray_metrics[(5, "ndcg")] > 0.3  # far above random (own-parity items are half)
+    # the task head: one probability per test pair, AUC far above item popularity's (uniform)
+    preds = _read(lake, L.GOLD_PREDICTIONS, "ncf-1")
+    assert len(preds) == N_USERS and set(preds[S.TARGET]) == {"task:purchase"}
+    assert preds[S.PREDICTION].between(0, 1).all()
+    assert ray_metrics[(0, "auc")] > 0.85 and ray_metrics[(0, "pairs")] == N_USERS
+    assert ray_metrics[(0, "auc_popularity")] < 0.75
+    from common import ranking
+
+    labels = (preds[S.ITEM_IDX] % 4 == 0).to_numpy()
+    assert ray_metrics[(0, "auc")] == pytest.approx(
+        ranking.auc(labels, preds[S.PREDICTION].to_numpy()), abs=1e-12)
 
 
 @pytest.mark.slow

@@ -31,7 +31,8 @@ graph, is a ConfigError."""
     if name == "ncf":
         c = cfg.ncf
         return NeuMF(n_users, n_items, dim_gmf=c.dim_gmf, dim_mlp=c.dim_mlp, layers=c.layers,
-                     dropout=c.dropout, item_text=item_text)
+                     dropout=c.dropout, item_text=item_text,
+                     task_weight=c.task_weight if c.task_target else 0.0)
     if name == "lightgcn":
         if graph is None:
             raise ConfigError("lightgcn needs the train graph (user_idx, item_idx)")

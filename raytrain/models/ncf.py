@@ -1,5 +1,10 @@
 """NeuMF (He et al., WWW 2017): a GMF branch and an MLP branch with their own embeddings, fused
-by one linear layer into a logit; trained with BCE over the positive and sampled negatives."""
+by one linear layer into a logit; trained with BCE over the positive and sampled negatives.
+
+Multi-task (``ncf.task_target``): a second linear head on the same fused representation predicts
+whether the user performs the target behaviour on the item (purchase; rating >= 4 on MovieLens
+with ``ncf.task_min_value``), trained jointly on the positive pairs with weight
+``ncf.task_weight``."""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ class NeuMF(RecModel):
 
     def __init__(self, n_users: int, n_items: int, *, dim_gmf: int = 32, dim_mlp: int = 32,
                  layers: Sequence[int] = (64, 32, 16), dropout: float = 0.0,
-                 score_pairs: int = 1 << 18, item_text=None):
+                 score_pairs: int = 1 << 18, item_text=None, task_weight: float = 0.0):
         super().__init__()
         self.n_users, self.n_items, self.score_pairs = n_users, n_items, score_pairs
         self.dim_gmf, self.dim_mlp = dim_gmf, dim_mlp
@@ -36,6 +41,9 @@ class NeuMF(RecModel):
             width = h
         self.mlp = nn.Sequential(*mlp)
         self.out = nn.Linear(dim_gmf + width, 1)
+        # multi-task: P(the target behaviour | user, item) from the same fused representation
+        self.task_weight = task_weight
+        self.task = nn.Linear(dim_gmf + width, 1) if task_weight > 0 else None
         for e in (self.user_gmf, self.item_gmf, self.user_mlp, self.item_mlp):
             nn.init.normal_(e.weight, std=0.01)
         for m in self.modules():
@@ -46,11 +54,23 @@ class NeuMF(RecModel):
             self.item_gmf = TextItemEmbedding(item_text, dim_gmf, padding=False, std=0.01)
             self.item_mlp = TextItemEmbedding(item_text, dim_mlp, padding=False, std=0.01)
 
-    def logits(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
-        """(b,) users and (b,) items -> (b,) logits."""
+    def fused(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """(b,) users and (b,) items -> (b, dim_gmf + last layer) GMF and MLP outputs side by
+        side: what the ranking and the task head read."""
         g = self.user_gmf(user_idx) * self.item_gmf(item_idx)
         m = self.mlp(torch.cat([self.user_mlp(user_idx), self.item_mlp(item_idx)], dim=-1))
-        return self.out(torch.cat([g, m], dim=-1)).squeeze(-1)
+        return torch.cat([g, m], dim=-1)
+
+    def logits(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """(b,) users and (b,) items -> (b,) logits."""
+        return self.out(self.fused(user_idx, item_idx)).squeeze(-1)
+
+    def task_logits(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """(b,) -> (b,) logits of the task head: will the user perform the target behaviour on
+        the item (given an interaction)? A model built without a task head raises."""
+        if self.task is None:
+            raise ValueError("this NeuMF has no task head (ncf.task_target is unset)")
+        return self.task(self.fused(user_idx, item_idx)).squeeze(-1)
 
     def forward(self, batch, item_idx: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -70,7 +90,13 @@ class NeuMF(RecModel):
         logit = self.logits(users.reshape(-1), items.reshape(-1)).float()
         label = torch.zeros_like(logit).view(items.shape)
         label[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logit, label.reshape(-1))
+        loss = F.binary_cross_entropy_with_logits(logit, label.reshape(-1))
+        if self.task is not None and "task_label" in batch:
+            # joint training: + task_weight * BCE of the target behaviour on the positive pairs
+            t = self.task_logits(u, pos).float()
+            loss = loss + self.task_weight * F.binary_cross_entropy_with_logits(
+                t, batch["task_label"].float())
+        return loss
 
     def score_users(self, batch) -> torch.Tensor:
         """``user_idx`` (b,) -> (b, n_items) float32 logits, the same as ``forward`` on every

@@ -82,3 +82,22 @@ def catalogue_metrics(
         "mean_popularity": _mean([pop.get(i, 0.0) for i in rows]),
         "novelty": _mean([-math.log2(pop[i]) for i in rows if i in pop]),
     }
+
+
+def pairwise_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """AUC by counting: over every (positive, negative) pair, 1 when the positive scores higher,
+    1/2 on a tie."""
+    pos = [s for y, s in zip(labels, scores, strict=True) if y]
+    neg = [s for y, s in zip(labels, scores, strict=True) if not y]
+    if not pos or not neg:
+        return math.nan
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def log_loss(labels: Sequence[int], probs: Sequence[float], eps: float = 1e-7) -> float:
+    out = []
+    for y, p in zip(labels, probs, strict=True):
+        p = min(max(p, eps), 1 - eps)
+        out.append(-(math.log(p) if y else math.log(1 - p)))
+    return sum(out) / len(out)
