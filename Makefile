@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray,text
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune test-realdata clean
+.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain bench-embed reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune reproduce-text test-realdata clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-influence: install
 bench-raytrain: install
 	$(BIN)/python tests/benchmarks/bench_raytrain.py $(BENCH_ARGS)
 
+bench-embed: install
+	$(BIN)/python tests/benchmarks/bench_embed.py $(BENCH_ARGS)
+
 # The README's real-data figures, one command each (RECLAKE_DATA_DIR: folder with the datasets).
 RECLAKE_DATA_DIR ?= ../shared/data
 ML = $(BIN)/reclake --config configs/movielens-100k.yaml
@@ -53,6 +56,27 @@ reproduce-ml100k: install
 	$(ML) fit --model popularity --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-als --compare-published
+
+
+# The language-model figures (docs/results.md "Text models"): cold-start on MovieLens 100K
+# (cold_items: text vs genre-only vs random on the held-out films; the hybrid), SASRec with
+# text-initialised item embeddings vs random init on leave_last_out, NeuMF's rating >= 4 head.
+MLT = $(BIN)/reclake --config configs/movielens-100k/text.yaml
+reproduce-text: install
+	$(ML) ingest --path $(RECLAKE_DATA_DIR)/movielens-100k/u.data
+	$(ML) transform
+	$(MLT) split
+	$(ML) split --protocol leave_last_out
+	$(MLT) ingest-items --path $(RECLAKE_DATA_DIR)/movielens-100k/u.item
+	$(MLT) embed
+	$(MLT) fit --run-id ml100k-cold-text
+	$(MLT) fit --run-id ml100k-cold-genre --set text.features=category
+	$(MLT) fit --model random --run-id ml100k-cold-random
+	$(MLT) fit --model hybrid --set recommend.candidates=all --run-id ml100k-cold-hybrid
+	for r in text genre random hybrid; do $(MLT) evaluate --run-id ml100k-cold-$$r || exit 1; done
+	$(BIN)/reclake --config configs/movielens-100k/sasrec.yaml train --run-id ml100k-sasrec-random
+	$(BIN)/reclake --config configs/movielens-100k/sasrec-text.yaml train --run-id ml100k-sasrec-text
+	$(BIN)/reclake --config configs/movielens-100k/ncf-task.yaml train --run-id ml100k-ncf-task
 
 TB = $(BIN)/reclake --config configs/taobao.yaml
 reproduce-taobao: install
