@@ -45,6 +45,7 @@ STAGES: dict[str, str] = {
     "als": "jobs.als",
     "train": "raytrain.train",
     "tune": "raytrain.tune",
+    "embed": "raytrain.embed",
     "evaluate": "jobs.evaluate",
     "influence": "jobs.influence",
     "demo": "jobs.demo",
