@@ -148,6 +148,11 @@ class TextModelConfig:
 
     features: str = "embedding"  # embedding (models/text_embeddings) | category (category multi-hot)
     embed_model: str | None = None  # which model's vectors; default the only one in the table
+    # profile: cosine of the user's text profile and the item's vector; mapped: a ridge map from
+    # item vectors to the ALS item factors learnt on warm items, then the user's ALS factors
+    # (cold items get factors from their text: attribute-to-feature mapping, Gantner et al. 2010)
+    scoring: str = "profile"
+    ridge: float = 1.0  # mapped: L2 penalty of the text -> factors regression
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,9 @@ class DemoConfig:
 
     deep: bool = True  # also train NeuMF, SASRec and LightGCN on Ray Train (a few minutes on CPU)
     tune: bool = True  # also a 4-trial ALS sweep with Ray Tune (reclake tune) and its leaderboard
+    # also the language model: the generated item catalogue into silver/items, MiniLM vectors by
+    # Ray Data (reclake embed), the cold_items split and a cold-start recommendation by text
+    text: bool = True
 
 
 @dataclass(frozen=True)
@@ -724,6 +732,10 @@ def _validate_text(cfg: Config) -> None:
                           f"{e.batch_size} and {e.concurrency}")
     if e.num_cpus < 0 or e.num_gpus < 0:
         raise ConfigError("embed.num_cpus and embed.num_gpus must be >= 0")
+    if cfg.text.scoring not in ("profile", "mapped"):
+        raise ConfigError(f"text.scoring must be profile|mapped, got {cfg.text.scoring!r}")
+    if cfg.text.ridge < 0:
+        raise ConfigError(f"text.ridge must be >= 0, got {cfg.text.ridge}")
     if cfg.text.features not in ("embedding", "category"):
         raise ConfigError(f"text.features must be embedding|category, got {cfg.text.features!r}")
     if cfg.recommend.candidates not in ("all", "cold", "warm"):

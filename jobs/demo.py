@@ -15,7 +15,9 @@ The deep models (NeuMF, SASRec, LightGCN) train small (``DEMO_DEEP``: a few epoc
 worker) on the same split, so their metrics print beside ALS and popularity; ``--no-deep`` skips
 them. A 4-trial ALS sweep (``reclake tune``: Optuna + ASHA on the validation part the demo carves
 from the stratified train share) prints its leaderboard and refits its best config; ``--no-tune``
-skips it.
+skips it. The language-model step (``--no-text`` skips it) ingests the generated item catalogue,
+embeds it with all-MiniLM-L6-v2 on Ray Data, holds out 20 % of the items (``cold_items``) and
+shows a cold-start list by the text model beside a random ranking and the ALS + text hybrid.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ DEMO_DEEP: dict[str, object] = {
     "sasrec.dim": 32,
     "sasrec.blocks": 1,
     "sasrec.max_len": 30,
+    "ncf.task_target": "purchase",  # NeuMF's multi-task head: will the user buy the item?
 }
 DEEP_MODELS: tuple[str, ...] = ("ncf", "sasrec", "lightgcn")
 # the demo's sweep: few trials, the shipped ALS space, rerun from scratch each time
@@ -85,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the Ray Train models (NeuMF, SASRec, LightGCN)")
     p.add_argument("--no-tune", dest="demo.tune", action="store_const", const=False,
                    default=None, help="skip the 4-trial Ray Tune sweep of ALS")
+    p.add_argument("--no-text", dest="demo.text", action="store_const", const=False,
+                   default=None, help="skip the language model (item catalogue, MiniLM vectors, "
+                                      "cold-start recommendations by text)")
 
 
 def demo_config(cfg: Config) -> Config:
@@ -144,6 +150,80 @@ def train_deep(cfg: Config, *, stamp: str, models: tuple[str, ...] = DEEP_MODELS
     return rows
 
 
+# the generated catalogue (jobs/generate/catalogue.py) through the generic items reader
+DEMO_ITEMS: dict[str, object] = {
+    "items.source_format": "generic",
+    "items.generic.columns": {"item_id": "item_id", "title": "title", "category": "category",
+                              "brand": "brand"},
+}
+
+
+def text_demo(spark: SparkSession, cfg: Config, *, stamp: str) -> list[dict]:
+    """The language model on the demo data: the generated catalogue -> ``silver/items``, its
+    MiniLM vectors (``reclake embed``, Ray Data), the ``cold_items`` split, then the text model
+    and a random ranking on the held-out items and the ALS + text hybrid; prints one user's
+    cold-start list beside their history. Returns the runs' ``metrics/evaluation`` rows."""
+    from pathlib import Path
+
+    from jobs import ingest_items
+    from jobs.fit import fit_run
+    from raytrain.embed import embed_run
+
+    items_cfg = cfg.with_(**DEMO_ITEMS, **{
+        "items.path": str(Path(cfg.generate.out) / "items" / "items.csv")})
+    ingest_items.main(spark, items_cfg)
+    embed_run(cfg)
+    cold = cfg.with_(**{"split.protocol": "cold_items", "split.valid_ratio": 0.0})
+    split.main(spark, cold)
+    runs = [
+        cold.with_(**{"run.model": "text", "recommend.candidates": "cold",
+                      "run.run_id": f"demo-text-{stamp}"}),
+        cold.with_(**{"run.model": "random", "recommend.candidates": "cold",
+                      "run.run_id": f"demo-random-{stamp}"}),
+        cold.with_(**{"run.model": "hybrid", "run.run_id": f"demo-hybrid-{stamp}"}),
+    ]
+    for run_cfg in runs:
+        fit_run(spark, run_cfg)
+    lake = Lake(cfg.lake)
+    rows = []
+    for run_cfg in runs:
+        r = evaluate.evaluate_run(spark, lake, run_id=run_cfg.run.run_id, ks=cfg.evaluate.k,
+                                  target="all", dataset=run_cfg.run.dataset)
+        evaluate.write_evaluation(spark, lake, r, run_id=run_cfg.run.run_id, target="all")
+        rows += r
+    _show_cold_start(spark, lake, runs[0].run.run_id)
+    return rows
+
+
+def _show_cold_start(spark: SparkSession, lake: Lake, run_id: str) -> None:
+    """One user's most confident train items and the cold items the text model gives them."""
+    from pyspark.sql import functions as F
+
+    from common import schema as S
+
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col(S.RUN_ID) == run_id)
+    user = recs.select(S.USER_IDX).orderBy(S.USER_IDX).first()
+    if user is None:
+        return
+    u = user[0]
+    titles = lake.read(spark, L.SILVER_ITEMS).join(
+        lake.read(spark, L.SILVER_ITEM_INDEX).withColumnRenamed(S.ITEM_IDX, "_i"), S.ITEM_ID
+    ).select(F.col("_i").alias(S.ITEM_IDX), S.TITLE)
+    history = (lake.read(spark, L.GOLD_SPLITS)
+               .where((F.col(S.PROTOCOL) == "cold_items") & (F.col(S.SPLIT) == S.TRAIN)
+                      & (F.col(S.USER_IDX) == u))
+               .orderBy(F.desc(S.CONFIDENCE)).limit(5).join(titles, S.ITEM_IDX)
+               .orderBy(F.desc(S.CONFIDENCE)).collect())
+    top = (recs.where(F.col(S.USER_IDX) == u).join(titles, S.ITEM_IDX).orderBy(S.RANK)
+           .limit(5).collect())
+    print(f"\ncold start, user_idx {u}: most confident train items")
+    for r in history:
+        print(f"    {r[S.TITLE]}")
+    print("  recommended among items nobody has touched in train (text model):")
+    for r in top:
+        print(f"    {r[S.RANK]}. {r[S.TITLE]}  (cosine {r[S.SCORE]:.3f})")
+
+
 def tune_demo(cfg: Config) -> dict:
     """The demo's sweep (``DEMO_TUNE``); returns its best-config row."""
     from raytrain.tune import tune_run
@@ -199,7 +279,8 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     print("== 6/7 evaluate against the test split")
     metric_rows = evaluate_runs(spark, cfg, runs)
     ray_started = False
-    if cfg.demo.deep or cfg.demo.tune:
+    text_rows: list[dict] = []
+    if cfg.demo.deep or cfg.demo.tune or cfg.demo.text:
         from raytrain.train import _init_ray
 
         ray_started = _init_ray(cfg)  # one local Ray for the deep runs and the sweep
@@ -213,6 +294,11 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
                   "(Optuna + ASHA, objective validation NDCG@10), then its best config refit "
                   "and tested")
             tune_demo(cfg)
+        if cfg.demo.text:
+            print("== 6d/7 language model: the item catalogue -> silver/items, all-MiniLM-L6-v2 "
+                  "vectors by Ray Data (reclake embed), cold_items split, text / random / "
+                  "hybrid recommenders")
+            text_rows = text_demo(spark, cfg, stamp=stamp)
     finally:
         if ray_started:
             import ray
@@ -235,6 +321,9 @@ def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
 
     print("\nRanking metrics (metrics/evaluation), test split of the stratified protocol:")
     print(evaluate.format_table(metric_rows))
+    if cfg.demo.text:
+        print("\nCold start (cold_items protocol; all/cold: the held-out items only):")
+        print(evaluate.format_table(text_rows))
     print(f"""
 Read any table without Spark (delta-rs):
   python -c "from deltalake import DeltaTable; print(DeltaTable('{lake.path(L.GOLD_INTERACTIONS)}').to_pandas().head())"

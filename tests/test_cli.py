@@ -49,7 +49,7 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert audit.rows_duplicate == lines - audit.rows_quarantined - audit.rows_clean_new > 0
     splits = lake.read(spark, L.GOLD_SPLITS)
     assert {r[0] for r in splits.select("protocol").distinct().collect()} == {
-        "stratified", "temporal", "leave_last_out"}
+        "stratified", "temporal", "leave_last_out", "cold_items"}
     # re-running split for one protocol replaces its rows rather than appending
     before = splits.where(F.col("protocol") == "temporal").count()
     assert cli.run_stage("split", ["--lake", str(lake_dir), "--protocol", "temporal"]) == 0
@@ -58,8 +58,15 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     # the demo trained ALS, popularity and the three deep models and evaluated all five
     ev = lake.read(spark, L.METRICS_EVALUATION).where("metric = 'ndcg'").toPandas()
     ev = ev[~ev["run_id"].str.endswith("-refit")]  # the sweep's refits: below
-    assert sorted(ev["model"]) == ["als", "lightgcn", "ncf", "popularity", "sasrec"]
+    cold = ev[ev["target"] == "all/cold"].set_index("model")["value"]
+    ev = ev[ev["target"] == "all"]
+    assert sorted(ev["model"]) == ["als", "hybrid", "lightgcn", "ncf", "popularity", "random",
+                                   "sasrec", "text"]
     assert ev["value"].between(0, 1).all()
+    # the language model: on held-out items the generated titles' planted similarity carries
+    # the tastes, so the text model's cold-item ranking beats a random one
+    assert cold["text"] > 2 * cold["random"], cold.to_dict()
+    assert "cold start, user_idx" in printed and "task:purchase: AUC" in printed
     # ... and swept ALS with Ray Tune: 4 trials, a leaderboard, the best config refit on test
     trials = lake.read(spark, L.METRICS_TUNE_TRIALS).where("sweep_id = 'demo-als'")
     assert trials.count() == 4

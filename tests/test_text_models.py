@@ -42,6 +42,16 @@ def test_weighted_profiles_match_the_reference():
         assert n == sum(1 for a, b in zip(users, items, strict=True) if a == u and b in ids)
 
 
+def test_ridge_map_solves_the_normal_equations():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 3))
+    w = TX.ridge_map(x, y, 0.5)
+    # the gradient of ||xW - y||^2 + lam ||W||^2 vanishes at the solution
+    np.testing.assert_allclose(x.T @ (x @ w - y) + 0.5 * w, 0, atol=1e-9)
+    np.testing.assert_allclose(TX.ridge_map(x, y, 0.0), np.linalg.lstsq(x, y, rcond=None)[0],
+                               atol=1e-9)
+
+
 def test_hybrid_slots_and_merge():
     assert TX.hybrid_slots(10, 2) == [4, 7]
     assert TX.hybrid_slots(10, 1) == [6]

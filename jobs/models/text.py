@@ -7,7 +7,11 @@
   transform. Items are scored by cosine similarity to the profile; exact top-K over the
   candidate items, seen items removed. ``text.features: category`` uses a multi-hot vector of the
   item's category path (genres on MovieLens) instead: the content baseline without a language
-  model. Profiles go to ``models/user_text_profiles``.
+  model. Profiles go to ``models/user_text_profiles``. ``text.scoring: mapped`` learns instead a
+  ridge map (``text.ridge``) from the warm items' vectors to their ALS item factors (fitted on
+  the same train rows, ``als.*``), predicts every item's factors from its text and scores them
+  with the user's ALS factors: the attribute-to-feature mapping of Gantner et al. (2010), which
+  carries over what the collaborative model learnt (popularity and taste) to items it never saw.
 - ``random``: a seeded uniform random ranking of the candidates per user (the floor every
   cold-start model must clear, measured exactly like the others).
 - ``hybrid``: warm items (with train rows) ranked by a collaborative model (``hybrid.warm_model``:
@@ -85,6 +89,13 @@ def weighted_profiles(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
     sums = np.add.reduceat(vectors[pos].astype(np.float64) * w[:, None], starts, axis=0)
     counts = np.diff(np.r_[starts, len(users)]).astype(np.int32)
     return users[starts], counts, unit_rows(sums).astype(np.float32)
+
+
+def ridge_map(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """W minimising ||x W - y||^2 + lam ||W||^2: (d_x, d_y) float64, by the normal equations
+    (x is items x text dims: small d_x)."""
+    x64 = x.astype(np.float64)
+    return np.linalg.solve(x64.T @ x64 + lam * np.eye(x.shape[1]), x64.T @ y.astype(np.float64))
 
 
 def hybrid_slots(k: int, c: int) -> list[int]:
@@ -198,11 +209,40 @@ class TextRecommender(Recommender):
             log.info("%s of %s candidate items have no vector and are never recommended",
                      f"{int((~scorable).sum()):,}", f"{len(cand):,}")
         self.candidates = cand[scorable]
+        if self.cfg.text.scoring == "mapped":
+            return {"fit": time.perf_counter() - t, **self._fit_mapped(ctx, train)}
         self.profiles = self._profiles(ctx, train).cache()
         n = self.profiles.count()
         log.info("text profiles for %s users (%s candidate items, %s)", f"{n:,}",
                  f"{len(self.candidates):,}", self.cfg.recommend.candidates)
         return {"fit": time.perf_counter() - t}
+
+    def _fit_mapped(self, ctx: TrainContext, train: DataFrame) -> dict[str, float]:
+        """ALS on the train rows; a ridge map (``text.ridge``) from the warm items' vectors to
+        their ALS item factors; every vector-holding item's factors predicted from its text. The
+        users are ALS's user factors (``profiles``, column ``vector``)."""
+        from jobs.models.als import ALSRecommender
+
+        t = time.perf_counter()
+        als = ALSRecommender(self.cfg)
+        als.fit(ctx, train)
+        items = als.model.itemFactors.toPandas()
+        ids = items["id"].to_numpy(np.int64)
+        fac = np.stack(items["features"].to_numpy()).astype(np.float32) if len(items) else \
+            np.zeros((0, self.cfg.als.rank), np.float32)
+        pos = np.searchsorted(self.item_ids, ids)
+        pos = np.minimum(pos, max(len(self.item_ids) - 1, 0))
+        ok = (self.item_ids[pos] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
+        w = ridge_map(self.vectors[pos[ok]], fac[ok], self.cfg.text.ridge)
+        self.vectors = (self.vectors.astype(np.float64) @ w).astype(np.float32)
+        log.info("text -> ALS factors: ridge %.3g on %s warm items with vectors (rank %d)",
+                 self.cfg.text.ridge, f"{int(ok.sum()):,}", self.cfg.als.rank)
+        self.profiles = als.model.userFactors.select(
+            F.col("id").cast("int").alias(S.USER_IDX),
+            F.lit(0).cast("int").alias(S.N_ITEMS),
+            F.col("features").cast("array<float>").alias(S.VECTOR)).cache()
+        self.profiles.count()
+        return {"als_and_map": time.perf_counter() - t}
 
     def _profiles(self, ctx: TrainContext, train: DataFrame) -> DataFrame:
         """``user_idx, n_items, vector`` by :func:`weighted_profiles`, computed where the train
@@ -234,6 +274,8 @@ class TextRecommender(Recommender):
                              user_batch=rc.user_batch, item_block=rc.item_block)
 
     def save(self, ctx: TrainContext) -> tuple[dict[str, str], list[str]]:
+        if self.cfg.text.scoring == "mapped":  # users are ALS factors, not text profiles
+            return {}, []
         rows = self.profiles.select(F.lit(ctx.run_id).alias(S.RUN_ID), S.USER_IDX, S.N_ITEMS,
                                     S.VECTOR)
         ctx.lake.replace_rows(rows, L.MODELS_USER_TEXT_PROFILES, f"{S.RUN_ID} = {quote(ctx.run_id)}")
