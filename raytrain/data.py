@@ -193,10 +193,14 @@ def load_item_text(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items
                           f"{L.MODELS_TEXT_EMBEDDINGS} is empty; run `reclake embed` first")
     emb = emb.filter(pc.equal(emb.column(S.MODEL), name))
     index = arrow(L.SILVER_ITEM_INDEX, [S.ITEM_ID, S.ITEM_IDX])
-    joined = emb.join(index, S.ITEM_ID, join_type="inner")
-    idx = joined.column(S.ITEM_IDX).to_numpy()
-    vec = np.stack(joined.column(S.VECTOR).to_numpy(zero_copy_only=False)).astype(np.float32) \
-        if joined.num_rows else np.zeros((0, 1), np.float32)
+    # Arrow joins refuse list columns: look the ids up instead
+    pos = pc.index_in(emb.column(S.ITEM_ID), value_set=index.column(S.ITEM_ID))
+    found = pc.is_valid(pos).to_numpy(zero_copy_only=False)
+    idx = index.column(S.ITEM_IDX).to_numpy()[pos.to_numpy(zero_copy_only=False)[found]
+                                              .astype(np.int64)]
+    emb = emb.filter(pa.array(found))
+    vec = np.stack(emb.column(S.VECTOR).to_numpy(zero_copy_only=False)).astype(np.float32) \
+        if emb.num_rows else np.zeros((0, 1), np.float32)
     keep = idx < n_items
     out = np.zeros((n_items, vec.shape[1]), np.float32)
     out[idx[keep]] = vec[keep]

@@ -16,7 +16,9 @@ from common.models import TrainContext
 from common.runs import read_run
 
 pytestmark = pytest.mark.spark
-SPARK_MODELS = ["als", "popularity"]  # the Ray models join this suite from raytrain/
+# the Ray models join this suite from raytrain/; text and hybrid need vectors
+# (tests/test_text_models.py)
+SPARK_MODELS = ["als", "popularity", "random"]
 
 
 def test_registry_lists_names_and_refuses_unknown():

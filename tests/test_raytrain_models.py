@@ -363,3 +363,23 @@ def test_text_initialised_item_embeddings(name):
     # a state dict round-trips into a model built the same way (what the scorer does)
     again = build(name, n_users=4, n_items=30, cfg=_cfg(), n_behaviors=6, item_text=text)
     again.load_state_dict(net.state_dict())
+
+
+def test_load_item_text_places_vectors_by_item_idx(tmp_path):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from common import lake as L
+    from common.lake import Lake
+    from raytrain import data as D
+
+    lake = Lake(str(tmp_path))
+    write_deltalake(lake.path(L.SILVER_ITEM_INDEX), pa.table(
+        {"item_id": ["a", "b", "c"], "item_idx": pa.array([2, 0, 1], pa.int32())}))
+    write_deltalake(lake.path(L.MODELS_TEXT_EMBEDDINGS), pa.table(
+        {"item_id": ["c", "a", "zzz"], "model": ["m", "m", "m"],
+         "vector": [[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]}))
+    versions = {L.SILVER_ITEM_INDEX: 0, L.MODELS_TEXT_EMBEDDINGS: 0}
+    out = D.load_item_text(lake, load_config(), versions, 4)
+    # a -> 2, c -> 1; b has no vector, zzz has no index, item 3 is beyond both
+    np.testing.assert_array_equal(out, [[0, 0], [1, 0], [0, 1], [0, 0]])

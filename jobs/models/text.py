@@ -182,7 +182,22 @@ def candidate_items(ctx: TrainContext, train: DataFrame, which: str) -> np.ndarr
 # --- models --------------------------------------------------------------------------------------
 
 
-class TextRecommender(Recommender):
+class _Refit:
+    """``load`` by refitting on the tables the run pinned (each model here is a deterministic
+    function of them: seeded, exact)."""
+
+    @classmethod
+    def load(cls, spark, lake, record, cfg):
+        from common.splits import model_train_rows
+
+        model = cls(record.config(cfg))
+        ctx = TrainContext(spark=spark, lake=lake, cfg=model.cfg, run_id=record.run_id,
+                           inputs=dict(record.inputs))
+        model.fit(ctx, model_train_rows(ctx.read(L.GOLD_SPLITS), cfg=model.cfg))
+        return model
+
+
+class TextRecommender(_Refit, Recommender):
     """Users' text profiles against item vectors (module docstring)."""
 
     name = "text"
@@ -282,7 +297,7 @@ class TextRecommender(Recommender):
         return {}, [L.MODELS_USER_TEXT_PROFILES]
 
 
-class RandomRecommender(Recommender):
+class RandomRecommender(_Refit, Recommender):
     """A seeded uniform random ranking of the candidate items per user (the floor)."""
 
     name = "random"
@@ -320,7 +335,7 @@ class RandomRecommender(Recommender):
         return users.select(S.USER_IDX, SEEN).mapInPandas(rec, TOPK_SCHEMA)
 
 
-class HybridRecommender(Recommender):
+class HybridRecommender(_Refit, Recommender):
     """Warm items by ``hybrid.warm_model``, cold items by the text model (module docstring)."""
 
     name = "hybrid"
