@@ -39,6 +39,7 @@ stream through Ray Data.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -622,7 +623,8 @@ def train_run(cfg: Config) -> RunRecord:
         t0 = time.perf_counter()
         data, pairs = D.load_train_data(lake, cfg, versions)
         if text_init:
-            data.item_text = D.load_item_text(lake, cfg, versions, data.n_items)
+            data = dataclasses.replace(
+                data, item_text=D.load_item_text(lake, cfg, versions, data.n_items))
         datasets = {"train": pairs}
         if kind == "sequence":
             seqs = D.load_sequences(lake, cfg, versions, data).materialize()

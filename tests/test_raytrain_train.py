@@ -157,13 +157,24 @@ def test_sasrec_leave_last_out_trains_and_ranks(ray_local, make_cfg):
     from raytrain.train import train_run
 
     # bf16 autocast on CPU: the AMP path of a GPU run, exercised here
+    # ... and item embeddings initialised from text vectors (one per parity: the planted taste)
     cfg = _cfg(make_cfg, run__model="sasrec", run__run_id="sas-1", split__protocol="leave_last_out",
-               train__epochs=12, train__amp="bf16")
+               train__epochs=12, train__amp="bf16", sasrec__item_init="text")
     lake = Lake(cfg.lake)
     train_pairs = _planted_lake(cfg.lake)
+    from deltalake import write_deltalake
+
+    ids = [f"i{i}" for i in range(N_ITEMS)]
+    write_deltalake(lake.path(L.SILVER_ITEM_INDEX), pa.table(
+        {"item_id": ids, "item_idx": pa.array(range(N_ITEMS), pa.int32())}))
+    write_deltalake(lake.path(L.MODELS_TEXT_EMBEDDINGS), pa.table(
+        {"item_id": ids, "model": ["m"] * N_ITEMS,
+         "vector": [[1.0, 0.0] if i % 2 else [0.0, 1.0] for i in range(N_ITEMS)]}))
     record = train_run(cfg)
     recs = _read(lake, L.GOLD_RECOMMENDATIONS, "sas-1")
-    assert record.inputs == {L.GOLD_SPLITS: 0, L.GOLD_SEQUENCES: 0}
+    assert record.inputs == {L.GOLD_SPLITS: 0, L.GOLD_SEQUENCES: 0, L.MODELS_TEXT_EMBEDDINGS: 0,
+                             L.SILVER_ITEM_INDEX: 0}
+    assert record.params["sasrec.item_init"] == "text"
     assert len(recs) == N_USERS * 5
     assert not {(u, i) for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX], strict=True)} \
         & train_pairs
