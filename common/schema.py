@@ -109,8 +109,9 @@ REASON_CODES: tuple[str, ...] = (
     VALUE_OUT_OF_RANGE,
     MALFORMED,
     BAD_ENCODING,
-    NO_METADATA,
 )
+# the item catalogue's codes (quarantine/items): the event codes that apply, and no_metadata
+ITEM_REASON_CODES: tuple[str, ...] = (MISSING_ITEM, MALFORMED, BAD_ENCODING, NO_METADATA)
 
 # --- raw fields every source reader produces (all strings, before typing) ------------------------
 RAW_FIELDS: tuple[str, ...] = (
