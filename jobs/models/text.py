@@ -67,6 +67,14 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
+def positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each ``wanted`` id in ascending ``sorted_ids``, whether it is there at all)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    return pos, sorted_ids[pos] == wanted
+
+
 def weighted_profiles(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
                       item_ids: np.ndarray, vectors: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,10 +83,7 @@ def weighted_profiles(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
     ``item_ids`` ascending with their ``vectors`` rows; rows whose item has no vector are skipped.
     Returns (user ids ascending, number of items with a vector, profiles (n_users, d) float32).
     Users none of whose items has a vector are left out."""
-    pos = np.searchsorted(item_ids, items)
-    pos = np.minimum(pos, len(item_ids) - 1) if len(item_ids) else pos
-    known = (len(item_ids) > 0) & (item_ids[pos] == items) if len(item_ids) else np.zeros(
-        len(items), bool)
+    pos, known = positions(item_ids, items)
     users, pos, w = users[known], pos[known], weights[known].astype(np.float64)
     order = np.argsort(users, kind="stable")
     users, pos, w = users[order], pos[order], w[order]
@@ -245,9 +250,7 @@ class TextRecommender(_Refit, Recommender):
         ids = items["id"].to_numpy(np.int64)
         fac = np.stack(items["features"].to_numpy()).astype(np.float32) if len(items) else \
             np.zeros((0, self.cfg.als.rank), np.float32)
-        pos = np.searchsorted(self.item_ids, ids)
-        pos = np.minimum(pos, max(len(self.item_ids) - 1, 0))
-        ok = (self.item_ids[pos] == ids) if len(self.item_ids) else np.zeros(len(ids), bool)
+        pos, ok = positions(self.item_ids, ids)
         w = ridge_map(self.vectors[pos[ok]], fac[ok], self.cfg.text.ridge)
         self.vectors = (self.vectors.astype(np.float64) @ w).astype(np.float32)
         log.info("text -> ALS factors: ridge %.3g on %s warm items with vectors (rank %d)",
