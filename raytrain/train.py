@@ -471,8 +471,18 @@ def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str, callbacks=N
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=data_config(cfg),
     )
+
+
+def data_config(cfg: Config):
+    """Ray Train's ingest settings: ``train`` split across the workers, ``history`` whole; with
+    ``train.preserve_order`` the blocks come in read order (a seed then reproduces the run)."""
+    import ray.train
+
+    opts = ray.train.DataConfig.default_ingest_options()
+    opts.preserve_order = bool(cfg.train.preserve_order)
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=opts)
 
 
 def _check_resume(cfg: Config, run_id: str, data) -> None:

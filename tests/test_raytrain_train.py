@@ -216,6 +216,16 @@ def test_amp_dtype_by_device():
     assert amp_dtype("bf16", "cpu") is torch.bfloat16 and amp_dtype("fp16", "cuda") is torch.float16
 
 
+@pytest.mark.parametrize("preserve", [True, False])
+def test_data_config_splits_train_and_keeps_block_order_by_config(make_cfg, preserve):
+    from raytrain.train import data_config
+
+    dc = data_config(make_cfg(train__preserve_order=preserve))
+    assert dc._datasets_to_split == ["train"]
+    assert dc._resolve_execution_options("train").preserve_order is preserve
+    assert dc._resolve_execution_options("history").preserve_order is preserve
+
+
 def test_cli_train_unknown_model_and_missing_splits(tmp_path):
     import subprocess
     import sys
