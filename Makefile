@@ -56,6 +56,8 @@ reproduce-ml100k: install
 	$(ML) fit --model popularity --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-popularity
 	$(ML) evaluate --run-id ml100k-als --compare-published
+	$(BIN)/reclake --config configs/movielens-100k/als-explicit.yaml fit --run-id ml100k-als-explicit
+	$(ML) evaluate --run-id ml100k-als-explicit
 
 
 # The language-model figures (docs/results.md "Text models"): cold-start on MovieLens 100K

@@ -254,7 +254,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class AlsConfig:
-    """Spark MLlib ALS (implicitPrefs=True) on the train split's ``confidence``."""
+    """Spark MLlib ALS: implicit (``implicitPrefs=True``) on the train split's ``confidence``,
+    or explicit on one behaviour's amount (``explicit_behavior``: the rating)."""
 
     rank: int = 64
     max_iter: int = 10
@@ -266,6 +267,10 @@ class AlsConfig:
     num_item_blocks: int = 10
     checkpoint_interval: int = 10  # always checkpointed: long lineage overflows the stack
     save_model: bool = True  # also save the Spark ML model under models/als_model/<run_id>
+    # explicit ALS (implicitPrefs=False) on amt_<behaviour> of the train pairs that have it
+    # (rating on MovieLens): predicts the rating of every test pair that has one
+    # (gold/predictions, RMSE / MAE in reclake evaluate); null: implicit ALS on confidence
+    explicit_behavior: str | None = None
 
 
 @dataclass(frozen=True)
@@ -702,6 +707,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"als.{key} must be >= 1, got {getattr(cfg.als, key)}")
     if cfg.als.reg_param < 0 or cfg.als.alpha < 0:
         raise ConfigError("als.reg_param and als.alpha must be >= 0")
+    if cfg.als.explicit_behavior is not None and cfg.als.explicit_behavior not in vocab:
+        raise ConfigError(f"als.explicit_behavior must be null or a known behaviour "
+                          f"{sorted(vocab)}, got {cfg.als.explicit_behavior!r}")
     for key in ("k", "user_batch", "item_block"):
         if getattr(cfg.recommend, key) < 1:
             raise ConfigError(f"recommend.{key} must be >= 1, got {getattr(cfg.recommend, key)}")

@@ -89,6 +89,12 @@ class Recommender(ABC):
         empty when nothing is excluded): ``user_idx, rank, item_idx, score``, ranks 1..k by
         score descending, ties by item_idx ascending, seen items never returned."""
 
+    def predictions(self, ctx: TrainContext) -> DataFrame | None:
+        """Point predictions of held-out pairs for ``gold/predictions`` (``target, user_idx,
+        item_idx, prediction``; e.g. explicit ALS's rating of every test pair that has one), or
+        None (the default: the model only ranks)."""
+        return None
+
     def save(self, ctx: TrainContext) -> tuple[dict[str, str], list[str]]:
         """Write the fitted artefacts. Returns (artefact name -> path of files outside tables,
         lake tables written with rows for this run). Default: nothing to save."""

@@ -189,3 +189,23 @@ def prediction_metrics(labels: np.ndarray, probs: np.ndarray,
     return {"auc": auc(labels, probs), "log_loss": log_loss(labels, probs),
             "auc_popularity": auc(labels, popularity), "pairs": float(len(labels)),
             "positive_rate": float(np.mean(labels)) if len(labels) else math.nan}
+
+
+# --- rating prediction (explicit models) -----------------------------------------------------------
+
+#: metrics of a rating prediction on held-out pairs (target ``rating:<behaviour>``, k 0):
+#: ``*_mean`` are those of predicting every pair with the train ratings' mean (the baseline)
+RATING_METRICS: tuple[str, ...] = ("rmse", "mae", "rmse_mean", "mae_mean", "pairs")
+
+
+def rating_metrics(ratings: np.ndarray, predicted: np.ndarray,
+                   train_mean: float) -> dict[str, float]:
+    """:data:`RATING_METRICS` of ``predicted`` against the true ``ratings`` (NaN without
+    pairs)."""
+    y = np.asarray(ratings, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    if len(y) == 0:
+        return {m: (0.0 if m == "pairs" else math.nan) for m in RATING_METRICS}
+    return {"rmse": float(np.sqrt(np.mean((p - y) ** 2))), "mae": float(np.mean(np.abs(p - y))),
+            "rmse_mean": float(np.sqrt(np.mean((train_mean - y) ** 2))),
+            "mae_mean": float(np.mean(np.abs(train_mean - y))), "pairs": float(len(y))}

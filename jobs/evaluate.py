@@ -13,7 +13,10 @@ Runs of the ``cold_items`` protocol also get the ranking metrics of cold items a
 apart, as targets ``<target>/cold`` and ``<target>/warm`` (:func:`segment_metrics`). A run with
 a task head (``ncf.task_target``: ``gold/predictions``) also gets AUC and log-loss of its
 predicted probabilities on the test pairs, beside the AUC of item popularity (target
-``task:<label>``, k 0; :func:`prediction_metrics_spark`).
+``task:<label>``, k 0; :func:`prediction_metrics_spark`); an explicit-rating model (ALS with
+``als.explicit_behavior``) gets RMSE and MAE of its predicted ratings on the test pairs, beside
+those of predicting the train mean (target ``rating:<behaviour>``, k 0;
+:func:`rating_metrics_spark`).
 
 The definitions are stated once, in ``common/metrics.py``; a test asserts they agree with the
 plain-Python reference (``tests/reference/metrics.py``) to 1e-9 on random data with tied scores,
@@ -205,9 +208,19 @@ def evaluate_run(
     created = datetime.now(timezone.utc).replace(tzinfo=None)
     per_target = {target: {k: {**ranking[k], **catalogue[k]} for k in ks}}
     per_target.update({f"{target}{SEGMENT_SEP}{seg}": m for seg, m in segments.items()})
-    if L.GOLD_PREDICTIONS in rec.outputs:  # a task head's predictions: AUC, log-loss
+    if L.GOLD_PREDICTIONS in rec.outputs:  # task head: AUC, log-loss; ratings: RMSE, MAE
+        from jobs.models.als import RATING_TARGET_PREFIX, rated_pairs
+
         preds = rec.read(spark, lake, L.GOLD_PREDICTIONS).where(F.col(S.RUN_ID) == run_id)
         for (task,) in preds.select(S.TARGET).distinct().collect():
+            if task.startswith(RATING_TARGET_PREFIX):
+                behavior = task[len(RATING_TARGET_PREFIX):]
+                per_target[task] = {0: rating_metrics_spark(
+                    preds.where(F.col(S.TARGET) == task),
+                    rated_pairs(splits, protocol=protocol, parts=(S.TEST,), behavior=behavior),
+                    rated_pairs(splits, protocol=protocol, behavior=behavior, parts=train_parts(
+                        bool(rec.params.get("split.fold_valid")))))}
+                continue
             labels = task_labels(truth if target == ALL_TARGETS else splits.where(
                 F.col(S.SPLIT) == S.TEST), rec.params)
             per_target[task] = {0: prediction_metrics_spark(
@@ -290,6 +303,27 @@ def prediction_metrics_spark(preds: DataFrame, labels: DataFrame, train: DataFra
     return out
 
 
+def rating_metrics_spark(preds: DataFrame, test: DataFrame, train: DataFrame
+                         ) -> dict[str, float]:
+    """``common.ranking.RATING_METRICS`` of a run's rating predictions. In: preds ``user_idx,
+    item_idx, prediction``; test and train ``user_idx, item_idx, rating`` (the true ratings;
+    train's mean is the baseline's constant prediction). Test pairs without a prediction (user or
+    item without train ratings) are left out and counted by ``pairs``' shortfall."""
+    mean = train.agg(F.avg("rating")).first()[0]
+    df = preds.join(test, [S.USER_IDX, S.ITEM_IDX])
+    err = F.col(S.PREDICTION) - F.col("rating")
+    base = F.lit(float(mean) if mean is not None else math.nan) - F.col("rating")
+    agg = df.agg(F.count(F.lit(1)).alias("n"), F.avg(err * err).alias("se"),
+                 F.avg(F.abs(err)).alias("ae"), F.avg(base * base).alias("bse"),
+                 F.avg(F.abs(base)).alias("bae")).first()
+    if not agg["n"]:
+        return {"rmse": math.nan, "mae": math.nan, "rmse_mean": math.nan, "mae_mean": math.nan,
+                "pairs": 0.0}
+    return {"rmse": math.sqrt(agg["se"]), "mae": float(agg["ae"]),
+            "rmse_mean": math.sqrt(agg["bse"]), "mae_mean": float(agg["bae"]),
+            "pairs": float(agg["n"])}
+
+
 def format_prediction_rows(rows: Sequence[dict]) -> str:
     """One line per (run, task target) of behaviour-prediction rows (k 0); '' when none."""
     groups: dict[tuple, dict[str, float]] = {}
@@ -297,6 +331,10 @@ def format_prediction_rows(rows: Sequence[dict]) -> str:
         if r[S.K] == 0:
             groups.setdefault((r[S.RUN_ID], r[S.TARGET]), {})[r[S.METRIC]] = r[S.VALUE]
     return "\n".join(
+        f"{run} {target}: RMSE {m.get('rmse', math.nan):.4f}, MAE {m.get('mae', math.nan):.4f} "
+        f"(the train mean: RMSE {m.get('rmse_mean', math.nan):.4f}, MAE "
+        f"{m.get('mae_mean', math.nan):.4f}) on {int(m.get('pairs', 0)):,} held-out pairs"
+        if "rmse" in m else
         f"{run} {target}: AUC {m.get('auc', math.nan):.4f} (item popularity "
         f"{m.get('auc_popularity', math.nan):.4f}), log-loss {m.get('log_loss', math.nan):.4f} "
         f"on {int(m.get('pairs', 0)):,} held-out pairs (positive rate "

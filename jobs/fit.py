@@ -181,6 +181,16 @@ def fit_run(spark: SparkSession, cfg: Config) -> RunRecord:
     artefacts, written = model.save(ctx)
     if written or artefacts:
         secs["save"] = time.perf_counter() - t
+    preds = model.predictions(ctx)
+    if preds is not None:
+        with timed(log, f"held-out predictions -> {L.GOLD_PREDICTIONS}") as info:
+            rows = preds.select(F.lit(run_id).alias(S.RUN_ID), F.lit(name).alias(S.MODEL),
+                                F.lit(protocol).alias(S.PROTOCOL), S.TARGET, S.USER_IDX,
+                                S.ITEM_IDX, S.PREDICTION)
+            lake.replace_rows(rows, L.GOLD_PREDICTIONS, f"{S.RUN_ID} = {quote(run_id)}")
+            info["rows"] = counts["prediction_rows"] = lake.last_metrics(
+                spark, L.GOLD_PREDICTIONS).get("numOutputRows", 0)
+        written = [*written, L.GOLD_PREDICTIONS]
     users = seen_items(train) if cfg.recommend.exclude_seen else users_with_nothing_seen(train)
     with timed(log, f"top-{cfg.recommend.k} for every user -> {L.GOLD_RECOMMENDATIONS}") as info:
         t = time.perf_counter()

@@ -432,6 +432,10 @@ def check_explainable(rec: RunRecord) -> None:
     if rec.param("als.nonnegative"):
         raise ConfigError(f"run {rec.run_id!r} used nonnegative=True (NNLS): scores do not "
                           "decompose linearly; retrain without --nonnegative to explain it")
+    if rec.param("als.explicit_behavior"):
+        raise ConfigError(f"run {rec.run_id!r} is explicit ALS (rating prediction on "
+                          f"{rec.param('als.explicit_behavior')}): the exact attribution is that "
+                          "of implicit ALS; explain an implicit run (als.explicit_behavior null)")
 
 
 def explain_run(spark: SparkSession, lake: Lake, *, cfg: Config, run_id: str,

@@ -4,6 +4,7 @@
     reclake train --model sasrec --protocol leave_last_out --target purchase
     reclake train --model lightgcn --address auto          # on an existing Ray cluster
     reclake fit --model ncf ...                            # the same path
+    reclake train --model text --protocol cold_items       # a Spark model: `reclake fit`'s run
 
 The run reads the lake with Ray Data at table versions pinned when it starts (``gold/splits``,
 ``gold/sequences`` for SASRec), recorded in ``models/runs``; no Spark and no JVM are involved.
@@ -58,7 +59,6 @@ from common.log import get_logger
 from common.runs import RunRecord
 
 log = get_logger("train")
-NEEDS_SPARK = False
 STATE_FILE = "state.pt"
 DEEP_MODELS = ("ncf", "sasrec", "lightgcn")
 PLACEMENT_GROUP_KEY = "worker_placement_group"
@@ -66,7 +66,8 @@ PLACEMENT_GROUP_KEY = "worker_placement_group"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="run.model", default=None, metavar="NAME",
-                   help=f"deep model: {' | '.join(DEEP_MODELS)}")
+                   help=f"deep model: {' | '.join(DEEP_MODELS)} (any other registered model "
+                        "is fitted as `reclake fit --model NAME` does)")
     p.add_argument("--protocol", dest="split.protocol", default=None, metavar="P",
                    help=f"gold/splits protocol to train on ({' | '.join(S.PROTOCOLS)})")
     p.add_argument("--run-id", dest="run.run_id", default=None, metavar="ID",
@@ -100,14 +101,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --- checks before anything starts ------------------------------------------------------------
 
 
+def NEEDS_SPARK(cfg: Config) -> bool:  # noqa: N802 (the stage protocol's name)
+    """A Ray model trains without a JVM; any other model is `reclake fit`'s (Spark)."""
+    return models.runtime(cfg.run.model) == models.SPARK
+
+
 def preflight(cfg: Config) -> None:
-    """Checks that need neither Ray nor the data: a deep model, a possible resource request."""
+    """Checks that need neither Ray nor the data: a known model and, for a Ray Train model, a
+    possible resource request (a Spark model is handed to `reclake fit`, :func:`main`)."""
     name = cfg.run.model
     models.check_name(name)
     if models.runtime(name) != models.RAY:
-        raise ConfigError(
-            f"model {name!r} is not a Ray Train model ({', '.join(DEEP_MODELS)}); train it with "
-            f"`reclake fit --model {name}`")
+        return
     t = cfg.train
     if ray_address(cfg) is None:
         cpus = cfg.train.num_cpus or os.cpu_count() or 1
@@ -828,6 +833,13 @@ def _print_evaluation(rows: list[dict]) -> None:
 
 
 def main(spark, cfg: Config) -> RunRecord:
+    if models.runtime(cfg.run.model) != models.RAY:  # als, popularity, text, hybrid, random
+        from jobs.fit import fit_run
+
+        log.info("%s is not a Ray Train model (%s): fitted as `reclake fit --model %s` "
+                 "(the train.* options do not apply)", cfg.run.model, ", ".join(DEEP_MODELS),
+                 cfg.run.model)
+        return fit_run(spark, cfg)
     return train_run(cfg)
 
 

@@ -201,6 +201,19 @@ def test_recommend_dot_matches_reference_and_blocked_path(spark):
     assert lists(blocked) == expected
 
 
+def test_train_stage_hands_a_spark_model_to_fit(spark, checker_lake):
+    """`reclake train --model popularity` is `reclake fit --model popularity` (one run path)."""
+    from jobs import cli
+
+    cfg, lake, _, _ = checker_lake()
+    assert cli.main(["--lake", cfg.lake, "--set", "als.num_user_blocks=2", "train", "--model",
+                     "popularity", "--protocol", "stratified", "--run-id", "pop-via-train",
+                     "--k", "3"]) == 0
+    recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where("run_id = 'pop-via-train'")
+    assert recs.count() == 20 * 3 and {r[0] for r in recs.select(S.MODEL).distinct().collect()} \
+        == {"popularity"}
+
+
 def test_missing_protocol_is_a_clear_error(spark, checker_lake):
     from common.config import ConfigError
     from jobs import als

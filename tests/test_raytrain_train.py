@@ -189,7 +189,6 @@ def test_sasrec_leave_last_out_trains_and_ranks(ray_local, make_cfg):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"run.model": "als"}, "not a Ray Train model"),
     ({"run.model": "ncf", "train.num_workers": 64}, "needs 64 CPUs and Ray Data one more"),
     ({"run.model": "ncf", "train.num_workers": 2, "train.num_cpus": 2}, "cpus_per_worker=0.5"),
     ({"run.model": "ncf", "train.use_gpu": True}, "GPUs; this machine has 0"),

@@ -1,7 +1,12 @@
 """Spark MLlib ALS (``implicitPrefs=True``) on gold's ``confidence``, as a registered model.
 
 The rating is the train split's ``confidence``, so behaviour weights flow into the model
-(c = 1 + alpha * confidence). ``save`` writes ``models/als_user_factors`` and
+(c = 1 + alpha * confidence). With ``als.explicit_behavior`` (``rating``) it is explicit ALS
+instead (``implicitPrefs=False``) on that behaviour's amount (``amt_rating``: the mean rating of
+the pair) over the train pairs that have it, and it also predicts the rating of every test pair
+that has one (``gold/predictions``, target ``rating:<behaviour>``, clipped to the train ratings'
+range; pairs whose user or item has no train rating get none), which ``reclake evaluate`` scores
+by RMSE and MAE. ``save`` writes ``models/als_user_factors`` and
 ``models/als_item_factors`` (run_id, idx, factors) and, with ``als.save_model``, the Spark
 ``ALSModel`` under ``models/als_model/<run_id>``.
 """
@@ -22,6 +27,7 @@ from common.lake import Lake, quote
 from common.log import get_logger
 from common.models import Recommender, TrainContext
 from common.runs import RunRecord
+from common.splits import train_parts
 from jobs.models.topk import recommend_dot, recommend_dot_blocked
 
 log = get_logger("als")
@@ -36,11 +42,38 @@ def make_als(*, cfg: Config):
     a = cfg.als
     return ALS(
         rank=a.rank, maxIter=a.max_iter, regParam=a.reg_param, alpha=a.alpha,
-        implicitPrefs=True, nonnegative=a.nonnegative, seed=a.seed,
+        implicitPrefs=a.explicit_behavior is None, nonnegative=a.nonnegative, seed=a.seed,
         numUserBlocks=a.num_user_blocks, numItemBlocks=a.num_item_blocks,
         checkpointInterval=a.checkpoint_interval, coldStartStrategy="drop",
-        userCol=S.USER_IDX, itemCol=S.ITEM_IDX, ratingCol=S.CONFIDENCE,
+        userCol=S.USER_IDX, itemCol=S.ITEM_IDX,
+        ratingCol=S.CONFIDENCE if a.explicit_behavior is None else RATING,
     )
+
+
+RATING = "rating"  # the explicit model's rating column (amt_<explicit_behavior>)
+RATING_TARGET_PREFIX = "rating:"  # gold/predictions target of explicit ratings
+
+
+def rating_target(behavior: str) -> str:
+    return f"{RATING_TARGET_PREFIX}{behavior}"
+
+
+def rated_pairs(splits: DataFrame, *, protocol: str, parts: tuple[str, ...],
+                behavior: str) -> DataFrame:
+    """``user_idx, item_idx, rating`` of the protocol's ``parts`` rows that have ``behavior``
+    (``cnt_<b> > 0``), the rating being ``amt_<b>``."""
+    missing = [c for c in (S.count_col(behavior), S.amount_col(behavior))
+               if c not in splits.columns]
+    if missing:
+        raise ConfigError(f"explicit ALS (als.explicit_behavior={behavior!r}): gold/splits has "
+                          f"no {missing}; re-run transform and split with '{behavior}' in the "
+                          "behaviour vocabulary")
+    return splits.where(
+        (F.col(S.PROTOCOL) == protocol) & F.col(S.SPLIT).isin(*parts)
+        & (F.col(S.count_col(behavior)) > 0) & F.col(S.amount_col(behavior)).isNotNull()
+    ).select(F.col(S.USER_IDX).cast("int").alias(S.USER_IDX),
+             F.col(S.ITEM_IDX).cast("int").alias(S.ITEM_IDX),
+             F.col(S.amount_col(behavior)).cast("double").alias(RATING))
 
 
 def factor_rows(factors: DataFrame, *, run_id: str) -> DataFrame:
@@ -92,9 +125,32 @@ class ALSRecommender(Recommender):
 
     def fit(self, ctx: TrainContext, train: DataFrame) -> dict[str, float]:
         t = time.perf_counter()
+        behavior = self.cfg.als.explicit_behavior
+        if behavior is not None:
+            train = rated_pairs(ctx.read(L.GOLD_SPLITS), protocol=ctx.protocol,
+                                parts=train_parts(self.cfg.split.fold_valid), behavior=behavior)
+            if train.limit(1).count() == 0:
+                raise ConfigError(f"explicit ALS: no train pair of protocol {ctx.protocol!r} has "
+                                  f"'{behavior}' (als.explicit_behavior); is it in the data?")
         self.model = fit_als(ctx.spark, train, cfg=self.cfg,
                              checkpoint_dir=f"{ctx.lake.root}/_checkpoints")
+        self._train = train if behavior is not None else None
         return {"fit": time.perf_counter() - t}
+
+    def predictions(self, ctx: TrainContext) -> DataFrame | None:
+        """Explicit ALS: the predicted rating of every test pair with a rating whose user and
+        item have train ratings, clipped to the train ratings' [min, max]."""
+        behavior = self.cfg.als.explicit_behavior
+        if behavior is None:
+            return None
+        test = rated_pairs(ctx.read(L.GOLD_SPLITS), protocol=ctx.protocol, parts=(S.TEST,),
+                           behavior=behavior)
+        lo, hi = self._train.agg(F.min(RATING), F.max(RATING)).first()
+        pred = self.model.transform(test.select(S.USER_IDX, S.ITEM_IDX))  # cold pairs dropped
+        return pred.select(
+            F.lit(rating_target(behavior)).alias(S.TARGET), S.USER_IDX, S.ITEM_IDX,
+            F.least(F.greatest(F.col("prediction").cast("double"), F.lit(float(lo))),
+                    F.lit(float(hi))).alias(S.PREDICTION))
 
     def recommend(self, ctx: TrainContext, users: DataFrame, *, k: int) -> DataFrame:
         return recommend_als(self.model, users, cfg=self.cfg.with_(**{"recommend.k": k}))

@@ -101,3 +101,9 @@ def log_loss(labels: Sequence[int], probs: Sequence[float], eps: float = 1e-7) -
         p = min(max(p, eps), 1 - eps)
         out.append(-(math.log(p) if y else math.log(1 - p)))
     return sum(out) / len(out)
+
+
+def rmse_mae(ratings: Sequence[float], predicted: Sequence[float]) -> tuple[float, float]:
+    """Root mean squared and mean absolute error, one pair at a time."""
+    errs = [p - y for y, p in zip(ratings, predicted, strict=True)]
+    return math.sqrt(sum(e * e for e in errs) / len(errs)), sum(abs(e) for e in errs) / len(errs)
