@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray,text
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench-etl bench-als bench-influence bench-raytrain bench-embed reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune reproduce-text test-realdata clean
+.PHONY: install demo test test-slow test-all lint bench-etl bench-als bench-influence bench-raytrain bench-embed reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune reproduce-text test-realdata clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/reclake demo
 
+# make test: everything but the tests marked slow (end-to-end demo, sweeps, fault recovery, the
+# real-data quality bars); make test-slow: those; .ci/run runs both
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
