@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/reclake demo
 
-# make test: everything but the tests marked slow (end-to-end demo, sweeps, fault recovery, the
+# make test: everything but the tests marked slow (13.5 min on 2 cores) (end-to-end demo, sweeps, fault recovery, the
 # real-data quality bars); make test-slow: those; .ci/run runs both
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
