@@ -317,8 +317,9 @@ def rating_metrics_spark(preds: DataFrame, test: DataFrame, train: DataFrame
                  F.avg(F.abs(err)).alias("ae"), F.avg(base * base).alias("bse"),
                  F.avg(F.abs(base)).alias("bae")).first()
     if not agg["n"]:
-        return {"rmse": math.nan, "mae": math.nan, "rmse_mean": math.nan, "mae_mean": math.nan,
-                "pairs": 0.0}
+        from common import ranking
+
+        return ranking.rating_metrics([], [], math.nan)  # NaN metrics, 0 pairs
     return {"rmse": math.sqrt(agg["se"]), "mae": float(agg["ae"]),
             "rmse_mean": math.sqrt(agg["bse"]), "mae_mean": float(agg["bae"]),
             "pairs": float(agg["n"])}

@@ -129,12 +129,13 @@ class ALSRecommender(Recommender):
         if behavior is not None:
             train = rated_pairs(ctx.read(L.GOLD_SPLITS), protocol=ctx.protocol,
                                 parts=train_parts(self.cfg.split.fold_valid), behavior=behavior)
-            if train.limit(1).count() == 0:
+            n, lo, hi = train.agg(F.count(F.lit(1)), F.min(RATING), F.max(RATING)).first()
+            if n == 0:
                 raise ConfigError(f"explicit ALS: no train pair of protocol {ctx.protocol!r} has "
                                   f"'{behavior}' (als.explicit_behavior); is it in the data?")
+            self._rating_range = (float(lo), float(hi))  # predictions are clipped to it
         self.model = fit_als(ctx.spark, train, cfg=self.cfg,
                              checkpoint_dir=f"{ctx.lake.root}/_checkpoints")
-        self._train = train if behavior is not None else None
         return {"fit": time.perf_counter() - t}
 
     def predictions(self, ctx: TrainContext) -> DataFrame | None:
@@ -145,12 +146,12 @@ class ALSRecommender(Recommender):
             return None
         test = rated_pairs(ctx.read(L.GOLD_SPLITS), protocol=ctx.protocol, parts=(S.TEST,),
                            behavior=behavior)
-        lo, hi = self._train.agg(F.min(RATING), F.max(RATING)).first()
+        lo, hi = self._rating_range
         pred = self.model.transform(test.select(S.USER_IDX, S.ITEM_IDX))  # cold pairs dropped
         return pred.select(
             F.lit(rating_target(behavior)).alias(S.TARGET), S.USER_IDX, S.ITEM_IDX,
-            F.least(F.greatest(F.col("prediction").cast("double"), F.lit(float(lo))),
-                    F.lit(float(hi))).alias(S.PREDICTION))
+            F.least(F.greatest(F.col("prediction").cast("double"), F.lit(lo)),
+                    F.lit(hi)).alias(S.PREDICTION))
 
     def recommend(self, ctx: TrainContext, users: DataFrame, *, k: int) -> DataFrame:
         return recommend_als(self.model, users, cfg=self.cfg.with_(**{"recommend.k": k}))
