@@ -383,6 +383,19 @@ class SasrecConfig:
 
 
 @dataclass(frozen=True)
+class TwotowerConfig:
+    """Two-tower model fine-tuning the text encoder (``embed.*``'s model) on behaviour data: user
+    history -> next item, in-batch negatives (``raytrain/models/twotower.py``)."""
+
+    max_len: int = 50  # recent train events per user a training position is drawn from
+    history: int = 10  # last items whose mean is the user vector
+    temperature: float = 0.05  # softmax temperature of the in-batch loss (cosine / temperature)
+    max_tokens: int = 32  # tokens per item text (the encoder's input is cut there)
+    encode_batch: int = 256  # items per encoder call when the whole catalogue is encoded
+    lr: float = 3e-5  # the encoder's learning rate (train.lr is for embeddings trained from zero)
+
+
+@dataclass(frozen=True)
 class LightgcnConfig:
     """LightGCN (He et al. 2020): BPR over symmetric-normalised propagation."""
 
@@ -449,6 +462,7 @@ class Config:
     ncf: NcfConfig = field(default_factory=NcfConfig)
     sasrec: SasrecConfig = field(default_factory=SasrecConfig)
     lightgcn: LightgcnConfig = field(default_factory=LightgcnConfig)
+    twotower: TwotowerConfig = field(default_factory=TwotowerConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -812,9 +826,19 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
     for key, value in (("ncf.negatives", cfg.ncf.negatives), ("sasrec.max_len", cfg.sasrec.max_len),
                        ("sasrec.negatives", cfg.sasrec.negatives),
                        ("lightgcn.negatives", cfg.lightgcn.negatives),
-                       ("lightgcn.layers", cfg.lightgcn.layers + 1)):
+                       ("lightgcn.layers", cfg.lightgcn.layers + 1),
+                       ("twotower.max_len", cfg.twotower.max_len),
+                       ("twotower.history", cfg.twotower.history),
+                       ("twotower.encode_batch", cfg.twotower.encode_batch)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    tt = cfg.twotower
+    if tt.max_tokens < 2:
+        raise ConfigError(f"twotower.max_tokens must be >= 2 (the encoder's [CLS] and [SEP]), "
+                          f"got {tt.max_tokens}")
+    if tt.temperature <= 0 or tt.lr <= 0:
+        raise ConfigError(f"twotower.temperature and twotower.lr must be > 0, got "
+                          f"{tt.temperature} and {tt.lr}")
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:

@@ -115,6 +115,8 @@ _REGISTRY: dict[str, str | type[Recommender]] = {
     "ncf": "raytrain.recommender:NeuMFRecommender",
     "sasrec": "raytrain.recommender:SASRecRecommender",
     "lightgcn": "raytrain.recommender:LightGCNRecommender",
+    # fine-tunes the text encoder (embed.*) on behaviour data: user history -> next item
+    "twotower": "raytrain.recommender:TwoTowerRecommender",
     # content models over item text (models/text_embeddings) and the random floor
     "text": "jobs.models.text:TextRecommender",
     "hybrid": "jobs.models.text:HybridRecommender",
@@ -123,7 +125,7 @@ _REGISTRY: dict[str, str | type[Recommender]] = {
 #: where a model trains: "spark" (fit/recommend on DataFrames inside the fit stage) or "ray"
 #: (the whole run is ``raytrain.train.train_run``; ``reclake fit`` hands over without a JVM)
 SPARK, RAY = "spark", "ray"
-_RUNTIME: dict[str, str] = {"ncf": RAY, "sasrec": RAY, "lightgcn": RAY}
+_RUNTIME: dict[str, str] = {"ncf": RAY, "sasrec": RAY, "lightgcn": RAY, "twotower": RAY}
 
 
 def register(name: str, target: str | type[Recommender], *, runtime: str = SPARK) -> None:

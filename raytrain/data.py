@@ -209,6 +209,67 @@ def load_item_text(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items
     return out
 
 
+def item_texts(lake: Lake, versions: Mapping[str, int], n_items: int
+               ) -> tuple[list[str | None], list[str]]:
+    """Per item_idx 0..n_items-1: its item_id (None: not in ``silver/item_index``) and its text
+    from ``silver/items`` ("" where the item has no metadata row), both at their pinned
+    versions."""
+    from deltalake import DeltaTable
+
+    def arrow(table: str, columns: list[str]) -> pa.Table:
+        if table not in versions:
+            raise ConfigError(f"no pinned version of {table} (pin_versions first)")
+        dt = DeltaTable(lake.path(table), version=int(versions[table]))
+        try:
+            return dt.to_pyarrow_table(columns=columns)
+        finally:
+            del dt
+
+    index = arrow(L.SILVER_ITEM_INDEX, [S.ITEM_ID, S.ITEM_IDX])
+    items = arrow(L.SILVER_ITEMS, [S.ITEM_ID, S.TEXT])
+    idx = index.column(S.ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = idx < n_items
+    ids: list[str | None] = [None] * n_items
+    for j, item_id in zip(idx[keep].tolist(), pc.filter(index.column(S.ITEM_ID), pa.array(keep))
+                          .to_pylist(), strict=True):
+        ids[j] = item_id
+    text_of = dict(zip(items.column(S.ITEM_ID).to_pylist(), items.column(S.TEXT).to_pylist(),
+                       strict=True))
+    texts = [text_of.get(i) or "" if i is not None else "" for i in ids]
+    missing = sum(1 for t in texts if not t)
+    if missing:
+        log.info("%s of %s items have no text in %s (their tower sees an empty text)",
+                 f"{missing:,}", f"{n_items:,}", L.SILVER_ITEMS)
+    return ids, texts
+
+
+def load_item_tokens(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids int32, attention_mask int8), each (n_items, twotower.max_tokens): row j item_idx
+    j's text (:func:`item_texts`) tokenised by the tokenizer of ``embed.*``'s model (offline,
+    the model's weights checked against their pin first), padded and cut to max_tokens."""
+    from raytrain.embed import _offline, model_spec, verify_weights
+
+    _, texts = item_texts(lake, versions, n_items)
+    spec = model_spec(cfg)
+    verify_weights(spec.model_dir, spec.expected_sha256)
+    _offline()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec.model_dir, local_files_only=True)
+    out = tok(texts, padding="max_length", truncation=True, max_length=cfg.twotower.max_tokens,
+              return_tensors="np")
+    cut = int(np.sum(out["attention_mask"][:, -1] > 0))
+    log.info("item texts tokenised by %s: %s items, %d tokens each (%s cut at the limit)",
+             spec.name, f"{n_items:,}", cfg.twotower.max_tokens, f"{cut:,}")
+    return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int8)
+
+
+def window_len(cfg: Config) -> int:
+    """Events per sequence window of the run's sequence model (``<model>.max_len``)."""
+    return cfg.twotower.max_len if cfg.run.model == "twotower" else cfg.sasrec.max_len
+
+
 # --- the user -> items index ----------------------------------------------------------------------
 
 
@@ -244,6 +305,9 @@ class TrainData:
     counts: dict[str, int] = field(default_factory=dict)
     # (n_items, text_dim) float32 text vectors (zero rows: no vector), for <model>.item_init: text
     item_text: np.ndarray | None = None
+    # (input_ids, attention_mask) of every item's text, (n_items, max_tokens) each: the two-tower
+    # model's encoder input (load_item_tokens)
+    item_tokens: tuple[np.ndarray, np.ndarray] | None = None
 
     def seen_of(self, users: np.ndarray) -> list[np.ndarray]:
         """Per user of ``users``, its sorted train items (int32 views into the index)."""
@@ -582,7 +646,7 @@ def load_sequences(lake: Lake, cfg: Config, versions: Mapping[str, int], data: T
                    storage_options: Mapping[str, str] | None = None) -> ray.data.Dataset:
     """``gold/sequences`` at ``versions[gold/sequences]`` restricted to the train part of
     ``data.protocol`` (see :func:`restrict_to_train`): rows ``user_idx`` (int32), ``seq``
-    (item_idx + 1, oldest first, the last ``sasrec.max_len + 1``), ``beh`` (1 + vocabulary
+    (item_idx + 1, oldest first, the last :func:`window_len` + 1), ``beh`` (1 + vocabulary
     position). Users with fewer than 2 train events are dropped (counted in the log).
 
     For temporal this drops the events of train pairs after the cutoff; for stratified and
@@ -591,10 +655,11 @@ def load_sequences(lake: Lake, cfg: Config, versions: Mapping[str, int], data: T
     for t in (L.GOLD_SPLITS, L.GOLD_SEQUENCES):
         if t not in versions:
             raise ConfigError(f"no pinned version of {t} (pin_versions first)")
-    max_len = cfg.sasrec.max_len
+    max_len = window_len(cfg)
     if cfg.sequences.max_len < max_len + 1:
-        log.info("sequences.max_len=%d keeps fewer events than sasrec.max_len + 1 = %d: windows "
-                 "are at most %d events long", cfg.sequences.max_len, max_len + 1,
+        log.info("sequences.max_len=%d keeps fewer events than %s.max_len + 1 = %d: windows "
+                 "are at most %d events long", cfg.sequences.max_len,
+                 "twotower" if cfg.run.model == "twotower" else "sasrec", max_len + 1,
                  cfg.sequences.max_len)
     keys, train_ts = train_ts_lookup(lake, int(versions[L.GOLD_SPLITS]), data.protocol,
                                      data.n_items, storage_options=storage_options,

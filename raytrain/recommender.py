@@ -1,5 +1,5 @@
 """The Ray Train models in the model registry (``common/models.py``): ``ncf``, ``sasrec``,
-``lightgcn``.
+``lightgcn``, ``twotower``.
 
 They register with ``runtime="ray"``: a run of one of them is :func:`raytrain.train.train_run`
 from start to end (Ray Data reads of the pinned tables, Ray Train on the workers, top-K and
@@ -52,3 +52,13 @@ class LightGCNRecommender(RayRecommender):
     kind = "graph"
     sections = ("train", "lightgcn")
     embeddings_table = L.MODELS_LIGHTGCN_EMBEDDINGS
+
+
+class TwoTowerRecommender(RayRecommender):
+    """Fine-tunes the text encoder; its item vectors go to models/text_embeddings (model
+    ``<embed model>+ft:<run_id>``), where the text and hybrid models can use them."""
+
+    name = "twotower"
+    kind = "sequence"
+    sections = ("train", "twotower", "embed")
+    embeddings_table = L.MODELS_TEXT_EMBEDDINGS

@@ -60,7 +60,7 @@ from common.runs import RunRecord
 
 log = get_logger("train")
 STATE_FILE = "state.pt"
-DEEP_MODELS = ("ncf", "sasrec", "lightgcn")
+DEEP_MODELS = ("ncf", "sasrec", "lightgcn", "twotower")
 PLACEMENT_GROUP_KEY = "worker_placement_group"
 
 
@@ -301,7 +301,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from raytrain import data as D
-    from raytrain.models import build
+    from raytrain.models import build_for
 
     cfg = from_dict(config["cfg"])
     data = config["data"]
@@ -321,12 +321,10 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
-                n_behaviors=len(cfg.vocabulary), graph=data.train_pairs() if kind == "graph"
-                else None, item_text=data.item_text)
+    net = build_for(cfg, data)
     model = ray.train.torch.prepare_model(
         net, parallel_strategy_kwargs={"broadcast_buffers": False})
-    opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.Adam(net.parameters(), lr=net.lr or t.lr, weight_decay=t.weight_decay)
     dtype = amp_dtype(t.amp, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     pin = device.type == "cuda"
@@ -351,10 +349,10 @@ def train_loop_per_worker(config: dict) -> None:
     history = None
     if kind == "sequence":
         history = _history(ray.train.get_dataset_shard("history"), valid_users,
-                           cfg.sasrec.max_len)
+                           D.window_len(cfg))
         valid_users = history["user_idx"]
     shard = ray.train.get_dataset_shard("train")
-    target_id = (None if cfg.sasrec.target == "all"
+    target_id = (None if name != "sasrec" or cfg.sasrec.target == "all"
                  else 1 + list(cfg.vocabulary).index(cfg.sasrec.target))
 
     for epoch in range(state["epoch"] + 1, t.epochs):
@@ -365,7 +363,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         if kind == "sequence":
             batches = D.sequence_batches(shard, batch_size=t.batch_size,
-                                         max_len=cfg.sasrec.max_len, target_behavior_id=target_id,
+                                         max_len=D.window_len(cfg), target_behavior_id=target_id,
                                          prefetch_batches=t.prefetch_batches,
                                          local_shuffle_seed=int(rng.integers(2**31)))
         else:
@@ -531,16 +529,13 @@ class Scorer:
     def __init__(self, checkpoint_path: str, cfg: dict, data, use_gpu: bool):
         import torch
 
-        from raytrain.models import build
+        from raytrain.models import build_for
 
         self.cfg = from_dict(cfg)
         self.data = data
         self.kind = models.get(self.cfg.run.model).kind
         state = load_state(checkpoint_path)
-        self.net = build(self.cfg.run.model, n_users=data.n_users, n_items=data.n_items,
-                         cfg=self.cfg, n_behaviors=len(self.cfg.vocabulary),
-                         graph=data.train_pairs() if self.kind == "graph" else None,
-                         item_text=data.item_text)
+        self.net = build_for(self.cfg, data)
         self.net.load_state_dict(state["best_model"] or state["model"])
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.net.to(self.device).eval()
@@ -553,7 +548,7 @@ class Scorer:
         users = np.asarray(batch["user_idx"], dtype=np.int64)
         if self.kind == "sequence":
             w = D.history_windows({"seq": list(batch["seq"]), "beh": list(batch["beh"])},
-                                  self.cfg.sasrec.max_len)
+                                  D.window_len(self.cfg))
             tb = {"seq": torch.as_tensor(w["seq"]), "beh": torch.as_tensor(w["beh"])}
         else:
             tb = {"user_idx": torch.as_tensor(users)}
@@ -630,7 +625,9 @@ def train_run(cfg: Config) -> RunRecord:
     text_init = getattr(getattr(cfg, name, None), "item_init", "random") == "text"
     if text_init:
         tables += [L.MODELS_TEXT_EMBEDDINGS, L.SILVER_ITEM_INDEX]
-    versions = D.pin_versions(lake, tables)
+    if name == "twotower":  # the encoder reads every item's text
+        tables += [L.SILVER_ITEMS, L.SILVER_ITEM_INDEX]
+    versions = D.pin_versions(lake, list(dict.fromkeys(tables)))
     t0 = time.perf_counter()
     started = _init_ray(cfg)
     secs["ray_start"] = time.perf_counter() - t0
@@ -640,6 +637,9 @@ def train_run(cfg: Config) -> RunRecord:
         if text_init:
             data = dataclasses.replace(
                 data, item_text=D.load_item_text(lake, cfg, versions, data.n_items))
+        if name == "twotower":
+            data = dataclasses.replace(
+                data, item_tokens=D.load_item_tokens(lake, cfg, versions, data.n_items))
         datasets = {"train": pairs}
         if kind == "sequence":
             seqs = D.load_sequences(lake, cfg, versions, data).materialize()
@@ -710,7 +710,7 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, state: dict, *, run_id: 
     from common import ranking
     from jobs.evaluate import ALL_TARGETS
     from raytrain import lake_io as IO
-    from raytrain.models import build
+    from raytrain.models import build_for
 
     name = cfg.run.model
     n = recs.num_rows
@@ -723,16 +723,16 @@ def _write_outputs(cfg: Config, lake: Lake, data, recs, state: dict, *, run_id: 
     outputs = {L.GOLD_RECOMMENDATIONS: IO.replace_rows(lake, L.GOLD_RECOMMENDATIONS, table,
                                                        where)}
     # embeddings of the best epoch
-    model_cls = models.get(name)
-    net = build(name, n_users=data.n_users, n_items=data.n_items, cfg=cfg,
-                n_behaviors=len(cfg.vocabulary),
-                graph=data.train_pairs() if model_cls.kind == "graph" else None,
-                item_text=data.item_text)
+    net = build_for(cfg, data)
     net.load_state_dict(state["best_model"] or state["model"])
     net.eval()
     with torch.no_grad():
         emb = net.embeddings()
-    outputs.update(write_embeddings(lake, name, emb, run_id=run_id))
+    if name == "twotower":  # tuned text vectors, beside the frozen model's (reclake embed)
+        outputs.update(write_tuned_text_vectors(cfg, lake, data, emb["item"], run_id=run_id,
+                                                created=IO.utc_now()))
+    else:
+        outputs.update(write_embeddings(lake, name, emb, run_id=run_id))
     # test metrics, the Spark evaluator's definitions (common/metrics) in NumPy (common/ranking)
     users = recs.column(S.USER_IDX).to_numpy()
     uniq, start, counts = np.unique(users, return_index=True, return_counts=True)
@@ -821,6 +821,46 @@ def write_embeddings(lake: Lake, model: str, emb: dict, *, run_id: str) -> dict[
             "vector": pa.array(list(mat), type=pa.list_(pa.float32()))},
             schema=IO.embeddings_schema()))
     return {table: IO.replace_rows(lake, table, pa.concat_tables(parts), IO.run_where(run_id))}
+
+
+def tuned_model_name(cfg: Config, run_id: str) -> str:
+    """The ``model`` under which a two-tower run's fine-tuned item vectors are stored in
+    ``models/text_embeddings``: ``<embed model>+ft:<run_id>`` (``--model text --set
+    text.embed_model=...`` then ranks by them)."""
+    from raytrain.embed import model_spec
+
+    return f"{model_spec(cfg).name}+ft:{run_id}"
+
+
+def write_tuned_text_vectors(cfg: Config, lake: Lake, data, vectors, *, run_id: str,
+                             created) -> dict[str, int]:
+    """The fine-tuned item tower's vector of every indexed item to ``models/text_embeddings``
+    (model :func:`tuned_model_name`, weights_sha the base model's, text_hash of the text the
+    tower read), replacing that model's earlier rows."""
+    import pyarrow as pa
+
+    from raytrain import data as D
+    from raytrain import lake_io as IO
+    from raytrain.embed import model_spec, text_hash, verify_weights
+
+    spec = model_spec(cfg)
+    sha = verify_weights(spec.model_dir, spec.expected_sha256)
+    ids, texts = D.item_texts(lake, data.inputs, data.n_items)
+    rows = [j for j, i in enumerate(ids) if i is not None]
+    mat = vectors.float().cpu().numpy()[rows]
+    name = tuned_model_name(cfg, run_id)
+    n = len(rows)
+    schema = IO.arrow_schema(S.TEXT_EMBEDDINGS_SCHEMA)
+    table = pa.table({
+        S.ITEM_ID: pa.array([ids[j] for j in rows], pa.string()),
+        S.ITEM_IDX: pa.array(rows, pa.int32()), S.MODEL: pa.array([name] * n),
+        S.WEIGHTS_SHA: pa.array([sha] * n), S.TEXT_HASH: pa.array([text_hash(texts[j])
+                                                                   for j in rows]),
+        S.VECTOR: pa.array(list(mat), type=pa.list_(pa.float32())),
+        S.CREATED_AT: pa.array([created] * n, schema.field(S.CREATED_AT).type)}, schema=schema)
+    where = f"{S.MODEL} = {L.quote(name)}"
+    return {L.MODELS_TEXT_EMBEDDINGS: IO.replace_rows(lake, L.MODELS_TEXT_EMBEDDINGS, table,
+                                                      where)}
 
 
 def _print_evaluation(rows: list[dict]) -> None:

@@ -294,3 +294,57 @@ def test_best_epoch_ties_go_to_the_lower_train_loss():
     assert is_better(0.1, 9.0, state)  # a better valid score wins whatever the loss
     assert not is_better(-0.1, 1.0, state)
     assert is_better(0.0, 1.0, {"best": float("-inf"), "best_loss": float("inf")})
+
+
+JAZZ = ["jazz saxophone quartet", "bebop trumpet record", "swing big band", "cool jazz piano trio",
+        "blues guitar live album", "soul organ groove", "latin jazz percussion", "jazz vocal ballads",
+        "hard bop drummer", "free jazz clarinet"]
+SPACE = ["comet telescope", "astronaut moon book", "galaxy star map", "rocket launch kit",
+         "mars rover model", "planet mobile", "space station poster", "nebula photo print",
+         "satellite orbit guide", "solar system puzzle"]
+
+
+@pytest.mark.slow
+def test_twotower_fine_tunes_the_encoder_with_ddp_and_writes_tuned_vectors(ray_local, make_cfg):
+    """Two DDP workers fine-tune MiniLM on the planted lake (even items read as jazz, odd as
+    space; each user keeps to one parity), under bf16 autocast: recommendations keep to the
+    user's parity, seen items never come back, and the tuned vectors land in
+    models/text_embeddings under <model>+ft:<run_id>, moved away from the frozen model's."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from raytrain.embed import embed_texts, load_encoder
+    from raytrain.train import train_run
+
+    cfg = _cfg(make_cfg, run__model="twotower", run__run_id="tt-1",
+               split__protocol="leave_last_out", train__epochs=2, train__batch_size=16,
+               train__num_workers=2, train__cpus_per_worker=0.5, train__amp="bf16",
+               twotower__history=3, twotower__max_len=6, twotower__max_tokens=12,
+               twotower__lr=1e-4, twotower__encode_batch=8)
+    lake = Lake(cfg.lake)
+    train_pairs = _planted_lake(cfg.lake)
+    ids = [f"i{i}" for i in range(N_ITEMS)]
+    texts = [JAZZ[i // 2] if i % 2 == 0 else SPACE[i // 2] for i in range(N_ITEMS)]
+    write_deltalake(lake.path(L.SILVER_ITEM_INDEX), pa.table(
+        {"item_id": ids, "item_idx": pa.array(range(N_ITEMS), pa.int32())}))
+    write_deltalake(lake.path(L.SILVER_ITEMS), pa.table({"item_id": ids, "text": texts}))
+    record = train_run(cfg)
+    assert record.inputs == {L.GOLD_SPLITS: 0, L.GOLD_SEQUENCES: 0, L.SILVER_ITEMS: 0,
+                             L.SILVER_ITEM_INDEX: 0}
+    assert record.params["twotower.history"] == 3 and record.counts["epochs_run"] == 2
+    recs = _read(lake, L.GOLD_RECOMMENDATIONS, "tt-1")
+    assert len(recs) == N_USERS * 5
+    assert not {(u, i) for u, i in zip(recs[S.USER_IDX], recs[S.ITEM_IDX], strict=True)} \
+        & train_pairs
+    top4 = recs[recs[S.RANK] <= 4]
+    own = (top4[S.ITEM_IDX] % 2 == top4[S.USER_IDX] % 2).mean()
+    assert own > 0.8, own
+    dt = DeltaTable(lake.path(L.MODELS_TEXT_EMBEDDINGS))
+    emb = dt.to_pandas()
+    del dt
+    assert set(emb["model"]) == {"all-MiniLM-L6-v2+ft:tt-1"} and len(emb) == N_ITEMS
+    emb = emb.sort_values("item_idx")
+    tuned = np.stack(emb["vector"].to_numpy())
+    assert np.allclose(np.linalg.norm(tuned, axis=1), 1.0, atol=1e-4)
+    frozen = embed_texts(load_encoder(cfg)[0], texts)
+    cos = np.sum(tuned * frozen, axis=1)
+    assert cos.min() > 0.5 and cos.mean() < 0.9999, cos  # moved, not replaced

@@ -95,3 +95,22 @@ def test_training_steps_move_the_encoder_and_lower_the_loss(minilm):
     net.eval()
     top = torch.topk(net.score_users({"seq": seq[:1]})[0], 4).indices.tolist()
     assert 4 in top or 5 in top, top
+
+
+def test_training_positions_are_uniform_over_targets_and_histories_end_there():
+    from raytrain.models.twotower import draw_positions, history_at
+
+    valid = torch.tensor([[False, True, True, True], [False, False, False, True],
+                          [True, False, True, False]])
+    assert draw_positions(valid, None).tolist() == [3, 3, 2]  # no generator: the last target
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw_positions(valid, gen) for _ in range(3000)])
+    for r in range(3):
+        cols = valid[r].nonzero().squeeze(1).tolist()
+        got = np.bincount(draws[:, r].numpy(), minlength=4) / 3000
+        assert set(np.flatnonzero(got)) == set(cols)  # only positions with a target
+        assert np.allclose(got[cols], 1 / len(cols), atol=0.04), got
+    seq = torch.tensor([[0, 7, 8, 9], [1, 2, 3, 4], [5, 6, 7, 8]])
+    pos = torch.tensor([2, 3, 0])
+    want = [[0, 7, 8], [2, 3, 4], [0, 0, 5]]  # seq[r, pos-2 .. pos], 0 before the start
+    assert history_at(seq, pos, 3).tolist() == want

@@ -19,6 +19,9 @@ class RecModel(nn.Module):
     """
 
     kind: ClassVar[str]  # "pairs" | "sequence" | "graph"
+    #: the model's own learning rate, overriding ``train.lr`` (None: ``train.lr``); a pretrained
+    #: encoder fine-tunes at a far smaller rate than embeddings trained from zero
+    lr: float | None = None
 
     def loss(self, batch: dict[str, torch.Tensor], *,
              generator: torch.Generator | None = None) -> torch.Tensor:

@@ -9,8 +9,11 @@ frozen model's vectors). The user tower is the normalised mean of the vectors of
 negative. Only the batch's distinct items are encoded, once each.
 
 ``kind = "sequence"``: batches are the sequence windows of :func:`raytrain.data.sequence_windows`
-(left-padded tokens, token = item_idx + 1); the window's last target is the positive and the
-``history`` tokens before it the user's history.
+(left-padded tokens, token = item_idx + 1, ``twotower.max_len`` long). Each step draws one target
+position per window (a fresh draw every epoch, so a user's whole recent history trains the
+model, not only its last transition); the positive is the target there and the user is the mean
+of the ``history`` tokens up to it. The encoder fine-tunes at its own learning rate
+(``twotower.lr``, :attr:`lr`), far below what embeddings trained from zero need.
 """
 
 from __future__ import annotations
@@ -42,13 +45,30 @@ def in_batch_loss(users: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
 
 
+def draw_positions(valid: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(b, L) bool, every row with a True -> (b,) one True column per row: uniform over the row's
+    True columns (drawn on the CPU with ``generator``), or the last True one without it."""
+    if generator is None:
+        return valid.shape[1] - 1 - valid.flip(1).int().argmax(1)
+    draw = torch.rand(valid.shape, generator=generator).to(valid.device)
+    return draw.masked_fill(~valid, -1.0).argmax(1)
+
+
+def history_at(seq: torch.Tensor, pos: torch.Tensor, h: int) -> torch.Tensor:
+    """(b, L) tokens, (b,) positions -> (b, h) tokens ``seq[r, pos-h+1 .. pos]`` (0 left of the
+    window's start)."""
+    at = pos[:, None] - h + 1 + torch.arange(h, device=seq.device)
+    return seq.gather(1, at.clamp(min=0)).masked_fill(at < 0, 0)
+
+
 class TwoTower(RecModel):
     kind: ClassVar[str] = "sequence"
 
     def __init__(self, n_items: int, *, encoder: torch.nn.Module, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, history: int = 10, temperature: float = 0.05,
-                 encode_batch: int = 256):
+                 encode_batch: int = 256, lr: float | None = None):
         super().__init__()
+        self.lr = lr
         if input_ids.shape != attention_mask.shape or input_ids.shape[0] != n_items:
             raise ValueError(f"item tokens {tuple(input_ids.shape)} / mask "
                              f"{tuple(attention_mask.shape)} do not match {n_items} items")
@@ -78,19 +98,21 @@ class TwoTower(RecModel):
         return self.loss(batch, generator=generator)
 
     def loss(self, batch, *, generator=None) -> torch.Tensor:
-        """In-batch softmax loss of the windows' last targets given the ``history`` tokens
-        before them (windows without a target or without history are skipped)."""
+        """In-batch softmax loss: per window one target position (drawn with ``generator`` among
+        the positions with a target; the last one without a generator) and the ``history``
+        tokens up to it as the user (windows without a target are skipped)."""
         self._catalogue = None
         seq, target = batch["seq"], batch["target"]
         mask = batch.get("target_mask")
-        last = target[:, -1]
-        keep = last > 0 if mask is None else mask[:, -1].bool() & (last > 0)
-        hist = seq[keep][:, -self.history:]
-        keep_rows = (hist > 0).any(1)
-        hist, pos = hist[keep_rows], last[keep][keep_rows]
-        if len(pos) == 0:
+        valid = target > 0 if mask is None else mask.bool() & (target > 0)
+        rows = torch.nonzero(valid.any(1)).squeeze(1)
+        if len(rows) == 0:
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        tokens, inverse = torch.unique(torch.cat([hist.reshape(-1), pos]), return_inverse=True)
+        seq, target, valid = seq[rows], target[rows], valid[rows]
+        pos = draw_positions(valid, generator)
+        hist = history_at(seq, pos, self.history)
+        last = target.gather(1, pos[:, None]).squeeze(1)  # the positives, item_idx + 1
+        tokens, inverse = torch.unique(torch.cat([hist.reshape(-1), last]), return_inverse=True)
         real = tokens > 0
         enc = self.encode_items(tokens[real] - 1)
         d = enc.shape[1]
@@ -98,7 +120,7 @@ class TwoTower(RecModel):
         hv = vec[inverse[:hist.numel()]].view(*hist.shape, d)
         users = self._users(hist, lambda _: hv)
         items = vec[inverse[hist.numel():]]
-        return in_batch_loss(users, items, pos, self.temperature)
+        return in_batch_loss(users, items, last, self.temperature)
 
     @torch.no_grad()
     def catalogue(self) -> torch.Tensor:
