@@ -44,6 +44,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -113,6 +114,11 @@ def preflight(cfg: Config) -> None:
     models.check_name(name)
     if models.runtime(name) != models.RAY:
         return
+    if cfg.recommend.candidates != "all":
+        raise ConfigError(
+            f"recommend.candidates={cfg.recommend.candidates!r}: a Ray Train model ranks the whole "
+            f"catalogue (set recommend.candidates=all; `reclake evaluate` reports its cold and "
+            f"warm items apart on cold_items)")
     t = cfg.train
     if ray_address(cfg) is None:
         cpus = cfg.train.num_cpus or os.cpu_count() or 1
@@ -425,9 +431,13 @@ def train_loop_per_worker(config: dict) -> None:
             if pg is not None:
                 metrics[PLACEMENT_GROUP_KEY] = pg.id.hex()
             valid = metrics.get(f"valid_ndcg@{t.eval_k}")
-            print(f"epoch {epoch}: loss {metrics['loss']:.4f}"
-                  + (f", valid ndcg@{t.eval_k} {valid:.4f}" if valid is not None else "")
-                  + f", {metrics['samples_per_s']:,.0f} samples/s ({train_s:.1f}s)", flush=True)
+            # written, not printed: Ray Train patches print() in its workers to both stdout and
+            # the root logger, which reach the driver as two copies of the line
+            sys.stdout.write(f"epoch {epoch}: loss {metrics['loss']:.4f}"
+                             + (f", valid ndcg@{t.eval_k} {valid:.4f}" if valid is not None
+                                else "")
+                             + f", {metrics['samples_per_s']:,.0f} samples/s ({train_s:.1f}s)\n")
+            sys.stdout.flush()
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state, "model": net.state_dict(), "optimizer": opt.state_dict(),
                             "scaler": scaler.state_dict(), "n_users": data.n_users,
@@ -471,6 +481,7 @@ def build_trainer(cfg: Config, data, datasets: dict, *, run_id: str, callbacks=N
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_id, storage_path=store, callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.spark.verbose else "WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
         datasets=datasets,
@@ -545,7 +556,7 @@ class Scorer:
 
         from raytrain import data as D
 
-        users = np.asarray(batch["user_idx"], dtype=np.int64)
+        users = np.array(batch["user_idx"], dtype=np.int64)  # a writable copy for torch
         if self.kind == "sequence":
             w = D.history_windows({"seq": list(batch["seq"]), "beh": list(batch["beh"])},
                                   D.window_len(self.cfg))
@@ -563,6 +574,9 @@ class Scorer:
                 S.SCORE: scores[mask].astype(np.float64)}
 
 
+_PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
 def _quiet_ray(verbose: bool) -> None:
     """Ray Data's progress bars and per-dataset INFO lines only with ``--verbose``."""
     import logging
@@ -574,6 +588,8 @@ def _quiet_ray(verbose: bool) -> None:
     ctx.print_on_execution_start = verbose
     for name in ("ray.data", "ray.train", "ray.tune", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # "Progress bars disabled" (a warning, once per process) says what was just asked for
+    logging.getLogger(_PROGRESS_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _init_ray(cfg: Config) -> bool:
@@ -592,8 +608,32 @@ def _init_ray(cfg: Config) -> bool:
         ray.init(address=address, **kw)
         _check_cluster(cfg)
     else:
+        if not cfg.spark.verbose:
+            kw["runtime_env"] = {"worker_process_setup_hook": quiet_worker_logs}
         ray.init(num_cpus=cfg.train.num_cpus, **kw)
     return True
+
+
+def quiet_worker_logs() -> None:
+    """Ray's ``worker_process_setup_hook`` of a local run (not ``--verbose``): Ray Data's INFO
+    lines stay in the workers' log files, and so does the warning Train's placement group cleaner
+    repeats every second when the State API is absent (a local Ray started without a dashboard).
+    Ray Train's own INFO lines are quieted by the run's ``LoggingConfig``; the epoch lines still
+    reach the driver."""
+    import logging
+
+    try:
+        import ray.data  # its import configures Ray Data's loggers: quiet them after it
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except ImportError:  # a worker without Ray Data installed
+        pass
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger(_PROGRESS_LOGGER).setLevel(logging.ERROR)
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner"
+                      ).setLevel(logging.ERROR)
 
 
 def train_run(cfg: Config) -> RunRecord:
@@ -884,8 +924,6 @@ def main(spark, cfg: Config) -> RunRecord:
 
 
 if __name__ == "__main__":
-    import sys
-
     from jobs.cli import run_stage
 
     sys.exit(run_stage("train"))

@@ -192,6 +192,7 @@ def test_sasrec_leave_last_out_trains_and_ranks(ray_local, make_cfg):
     ({"run.model": "ncf", "train.num_workers": 64}, "needs 64 CPUs and Ray Data one more"),
     ({"run.model": "ncf", "train.num_workers": 2, "train.num_cpus": 2}, "cpus_per_worker=0.5"),
     ({"run.model": "ncf", "train.use_gpu": True}, "GPUs; this machine has 0"),
+    ({"run.model": "twotower", "recommend.candidates": "cold"}, "ranks the whole catalogue"),
 ])
 def test_preflight_refuses_bad_requests(make_cfg, values, message):
     from raytrain.train import preflight
@@ -348,3 +349,28 @@ def test_twotower_fine_tunes_the_encoder_with_ddp_and_writes_tuned_vectors(ray_l
     frozen = embed_texts(load_encoder(cfg)[0], texts)
     cos = np.sum(tuned * frozen, axis=1)
     assert cos.min() > 0.5 and cos.mean() < 0.9999, cos  # moved, not replaced
+
+
+@pytest.mark.slow
+def test_cli_train_output_is_one_line_per_epoch_without_ray_noise(tmp_path):
+    """`reclake train` in its own process (a local Ray of its own): every epoch line once, and
+    none of the lines Ray's workers print at INFO or that Train's placement-group cleaner
+    repeats every second when the State API is absent."""
+    import subprocess
+    import sys
+
+    lake = tmp_path / "lk"
+    _planted_lake(str(lake))
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "--lake", str(lake), "train",
+                        "--model", "ncf", "--protocol", "stratified", "--run-id", "cli-1",
+                        "--epochs", "3", "--set", "train.num_cpus=2", "--set", "recommend.k=5",
+                        "--set", "evaluate.k=[5]"],
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    for epoch in range(3):
+        assert sum(f"epoch {epoch}: loss" in line for line in out.splitlines()) == 1, out[-3000:]
+    for noise in ("Failed to query Ray Train Controller", "execution finished in",
+                  "Progress bars disabled", "Traceback"):
+        assert noise not in out, noise
+    assert "run cli-1: 200 recommendations" in out
