@@ -174,7 +174,7 @@ def load_item_text(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items
                    ) -> np.ndarray:
     """(n_items, text_dim) float32: row j the text vector of item_idx j (``models/text_embeddings``
     joined with ``silver/item_index`` on item_id, both at their pinned versions), zero where an
-    item has none. The model is ``text.embed_model`` or the table's only one."""
+    item has none. The model: :func:`raytrain.embed.pick_text_model`."""
     from deltalake import DeltaTable
 
     def arrow(table: str, columns: list[str]) -> pa.Table:
@@ -185,12 +185,9 @@ def load_item_text(lake: Lake, cfg: Config, versions: Mapping[str, int], n_items
             del dt
 
     emb = arrow(L.MODELS_TEXT_EMBEDDINGS, [S.ITEM_ID, S.MODEL, S.VECTOR])
-    have = sorted(set(emb.column(S.MODEL).to_pylist()))
-    name = cfg.text.embed_model or (have[0] if len(have) == 1 else None)
-    if name is None or name not in have:
-        raise ConfigError(f"{L.MODELS_TEXT_EMBEDDINGS} holds vectors of {have}; choose one with "
-                          f"text.embed_model" if have else
-                          f"{L.MODELS_TEXT_EMBEDDINGS} is empty; run `reclake embed` first")
+    from raytrain.embed import pick_text_model
+
+    name = pick_text_model(cfg, emb.column(S.MODEL).to_pylist())
     emb = emb.filter(pc.equal(emb.column(S.MODEL), name))
     index = arrow(L.SILVER_ITEM_INDEX, [S.ITEM_ID, S.ITEM_IDX])
     # Arrow joins refuse list columns: look the ids up instead

