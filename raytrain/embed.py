@@ -387,23 +387,11 @@ def _check_fits(cfg: Config, cpus: float, gpus: float, where: str) -> None:
 
 
 def _init_ray(cfg: Config) -> bool:
-    """``ray.init`` (the one place in this stage). Returns whether this call started Ray."""
-    import ray
+    """``ray.init`` of this stage. Returns whether this call started Ray."""
+    from raytrain.train import start_ray
 
-    from raytrain.train import _quiet_ray
-
-    if ray.is_initialized():
-        return False
-    _quiet_ray(cfg.spark.verbose)
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": cfg.spark.verbose,
-                          "configure_logging": cfg.spark.verbose,
-                          "logging_level": "INFO" if cfg.spark.verbose else "WARNING"}
-    address = ray_address(cfg)
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=cfg.embed.num_cpus_local, **kw)
-    return True
+    return start_ray(ray_address(cfg), cfg.embed.num_cpus_local, cfg.spark.verbose,
+                     log_to_driver=cfg.spark.verbose)
 
 
 def _read_arrow(lake: Lake, table: str, version: int, columns: list[str],

@@ -593,35 +593,54 @@ def _quiet_ray(verbose: bool) -> None:
 
 
 def _init_ray(cfg: Config) -> bool:
-    """``ray.init`` (the one place in the Ray path). Returns whether this call started it."""
+    """``ray.init`` of the train and tune stages. Returns whether this call started it."""
+    address = ray_address(cfg)
+    started = start_ray(address, cfg.train.num_cpus, cfg.spark.verbose, log_to_driver=True)
+    if started and address:
+        _check_cluster(cfg)
+    return started
+
+
+def start_ray(address: str | None, num_cpus: int, verbose: bool, log_to_driver: bool) -> bool:
+    """The one ``ray.init`` of the Ray path: join ``address``, or start a local Ray of this
+    process's own (``address="local"``: never a ``ray start`` head that happens to run on the
+    machine, whose CPUs and GPUs were not asked for). Returns whether this call started Ray."""
     import ray
 
     if ray.is_initialized():
         return False
-    _quiet_ray(cfg.spark.verbose)
+    _quiet_ray(verbose)
     # workers' output reaches the driver (the per-epoch lines); Ray's own logs stay quiet
-    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                          "configure_logging": cfg.spark.verbose,
-                          "logging_level": "INFO" if cfg.spark.verbose else "WARNING"}
-    address = ray_address(cfg)
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
+                          "configure_logging": verbose,
+                          "logging_level": "INFO" if verbose else "WARNING"}
     if address:
         ray.init(address=address, **kw)
-        _check_cluster(cfg)
     else:
-        if not cfg.spark.verbose:
-            kw["runtime_env"] = {"worker_process_setup_hook": quiet_worker_logs}
-        ray.init(num_cpus=cfg.train.num_cpus, **kw)
+        hook = local_worker_setup if verbose else quiet_local_worker
+        ray.init(address="local", num_cpus=num_cpus,
+                 runtime_env={"worker_process_setup_hook": hook}, **kw)
     return True
 
 
-def quiet_worker_logs() -> None:
-    """Ray's ``worker_process_setup_hook`` of a local run (not ``--verbose``): Ray Data's INFO
-    lines stay in the workers' log files, and so does the warning Train's placement group cleaner
-    repeats every second when the State API is absent (a local Ray started without a dashboard).
-    Ray Train's own INFO lines are quieted by the run's ``LoggingConfig``; the epoch lines still
-    reach the driver."""
+def local_worker_setup() -> None:
+    """Ray's ``worker_process_setup_hook`` of a local Ray: the worker's State API calls (Ray
+    Train's placement-group cleaner makes one every second) address this Ray, not whichever
+    one they would find by looking, which fails when the machine runs more than one."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def quiet_local_worker() -> None:
+    """:func:`local_worker_setup`, and (not ``--verbose``) Ray Data's INFO lines stay in the
+    workers' log files, and so does the warning Train's placement group cleaner repeats every
+    second when the State API is absent (a local Ray started without a dashboard). Ray Train's
+    own INFO lines are quieted by the run's ``LoggingConfig``; the epoch lines still reach the
+    driver."""
     import logging
 
+    local_worker_setup()
     try:
         import ray.data  # its import configures Ray Data's loggers: quiet them after it
 

@@ -352,10 +352,12 @@ def test_twotower_fine_tunes_the_encoder_with_ddp_and_writes_tuned_vectors(ray_l
 
 
 @pytest.mark.slow
-def test_cli_train_output_is_one_line_per_epoch_without_ray_noise(tmp_path):
-    """`reclake train` in its own process (a local Ray of its own): every epoch line once, and
-    none of the lines Ray's workers print at INFO or that Train's placement-group cleaner
-    repeats every second when the State API is absent."""
+def test_cli_train_output_is_one_line_per_epoch_without_ray_noise(tmp_path, ray_local):
+    """`reclake train` in its own process, while another Ray runs on the machine (the session's):
+    it starts a local Ray of its own, prints every epoch line once, and none of the lines Ray's
+    workers print at INFO or that Train's placement-group cleaner repeats every second when the
+    State API is absent (nor its traceback when it finds two Rays to ask)."""
+    assert ray_local.is_initialized()
     import subprocess
     import sys
 
