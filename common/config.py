@@ -88,6 +88,10 @@ class IngestConfig:
     behavior_map: Mapping[str, str] = field(default_factory=dict)  # raw -> canonical overrides
     # a batch with no rows, or with every row quarantined, is a warning; true: an error (exit 2)
     fail_on_empty: bool = False
+    # a user, item or session id longer than this (characters) is quarantined as id_too_long
+    max_id_length: int = 256
+    # a write that loses to a concurrent writer's commit is run again this many times in all
+    commit_retries: int = 8
     generic: GenericSourceConfig = field(default_factory=GenericSourceConfig)
 
 
@@ -703,6 +707,10 @@ def validate(cfg: Config) -> None:
     if not 0 < cfg.split.cold_item_fraction < 1:
         raise ConfigError(f"split.cold_item_fraction must be in (0, 1), got {cfg.split.cold_item_fraction}")
     _validate_text(cfg)
+    if cfg.ingest.commit_retries < 1:
+        raise ConfigError(f"ingest.commit_retries must be >= 1, got {cfg.ingest.commit_retries}")
+    if cfg.ingest.max_id_length < 1:
+        raise ConfigError(f"ingest.max_id_length must be >= 1, got {cfg.ingest.max_id_length}")
     if not 0 < cfg.split.ratio <= 1:
         raise ConfigError(f"split.ratio must be in (0, 1], got {cfg.split.ratio}")
     if cfg.split.valid_from not in ("test", "train"):

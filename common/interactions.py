@@ -35,7 +35,8 @@ def f_transform(x: Column, f: str) -> Column:
 def index_events(events: DataFrame, user_index: DataFrame, item_index: DataFrame) -> DataFrame:
     """silver events + ``user_idx``, ``item_idx`` (inner join: every silver id has an index)."""
     S.require_columns(events, S.USER_ID, S.ITEM_ID, S.BEHAVIOR, S.TS, where="silver events")
-    return events.join(user_index, S.USER_ID).join(item_index, S.ITEM_ID)
+    return (events.join(user_index.select(S.USER_ID, S.USER_IDX), S.USER_ID)
+            .join(item_index.select(S.ITEM_ID, S.ITEM_IDX), S.ITEM_ID))
 
 
 def _decay(ts: Column, ref_ts, half_life_days: float) -> Column:
@@ -174,9 +175,21 @@ def rebuild_confidence(rows: DataFrame, *, cfg: Config, ref_ts=None) -> DataFram
     return rows.withColumns(_confidence_parts(amounts, cfg))
 
 
+def committed_events(spark: SparkSession, lake: Lake) -> DataFrame:
+    """``silver/events`` of the batches that finished: those with an ``audit/batches`` silver
+    row, which ingest writes last. A batch that was killed, or is being written right now, has
+    rows in silver but no such row yet, and is left out until it finishes."""
+    events = lake.read(spark, L.SILVER_EVENTS)
+    if not lake.exists(spark, L.AUDIT_BATCHES):
+        return events
+    done = (lake.read(spark, L.AUDIT_BATCHES).where(F.col(S.STAGE) == "silver")
+            .select(S.BATCH_ID).distinct())
+    return events.join(F.broadcast(done), S.BATCH_ID, "left_semi")
+
+
 def read_indexed_events(spark: SparkSession, lake: Lake) -> DataFrame:
     return index_events(
-        lake.read(spark, L.SILVER_EVENTS),
+        committed_events(spark, lake),
         lake.read(spark, L.SILVER_USER_INDEX),
         lake.read(spark, L.SILVER_ITEM_INDEX),
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
 
+from common.errors import ConcurrentWriteError
+
 BRONZE_EVENTS = "bronze/events"
 QUARANTINE_EVENTS = "quarantine/events"
 AUDIT_BATCHES = "audit/batches"
@@ -244,6 +246,65 @@ class Lake:
         return (
             DeltaTable.forPath(spark, self.path(table)).history(1).select("version").first()[0]
         )
+
+
+    def count(self, spark: SparkSession, table: str, where: str) -> int:
+        """Rows of ``table`` matching ``where`` (0 when the table does not exist)."""
+        if not self.exists(spark, table):
+            return 0
+        return self.read(spark, table).where(where).count()
+
+    def add_missing_columns(self, spark: SparkSession, table: str, schema) -> None:
+        """``ALTER TABLE ADD COLUMNS`` for the fields of ``schema`` the table lacks (a table
+        written by an older version), so that MERGE and replaceWhere can write them."""
+        if not self.exists(spark, table):
+            return
+        have = set(self.read(spark, table).columns)
+        missing = [f for f in schema.fields if f.name not in have]
+        if missing:
+            cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            spark.sql(f"ALTER TABLE delta.`{self.path(table)}` ADD COLUMNS ({cols})")
+
+
+# the Delta errors of a commit that lost a race with another writer (by class and error class);
+# the losing step can be run again as it is: every ingest write is idempotent
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException",
+              "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
+              "MetadataChangedException", "ProtocolChangedException", "ConcurrentWriteException",
+              "DELTA_CONCURRENT_", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED",
+              "IndexCollision")
+
+
+def is_write_conflict(e: BaseException) -> bool:
+    """Whether ``e`` is Delta refusing a commit because another writer committed first."""
+    text = f"{type(e).__name__} {e}"
+    return any(c in text for c in _CONFLICTS)
+
+
+def retry_conflicts(step, what: str, *, attempts: int = 8, base_s: float = 0.5, log=None):
+    """``step()``, run again (jittered exponential backoff) while Delta refuses its commit for a
+    concurrent writer's (optimistic concurrency: the step re-reads the table each time). After
+    ``attempts`` tries, :class:`ConcurrentWriteError` saying which table and why."""
+    import random
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except Exception as e:
+            if not is_write_conflict(e):
+                raise
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            if attempt == attempts:
+                raise ConcurrentWriteError(
+                    f"{what}: another writer committed first on each of {attempts} tries "
+                    f"({first}); nothing of this step was committed: run it again") from None
+            wait = base_s * 2 ** (attempt - 1) * (0.5 + random.random())
+            if log is not None:
+                log.warning("%s: a concurrent writer committed first (%s); retry %d/%d in "
+                            "%.1f s", what, first, attempt, attempts - 1, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class VersionNotReadable(FileNotFoundError):

@@ -99,6 +99,10 @@ VALUE_OUT_OF_RANGE = "value_out_of_range"
 MALFORMED = "malformed_row"
 BAD_ENCODING = "bad_encoding"
 NO_METADATA = "no_metadata"  # an item row with neither title, text, category nor brand
+ID_TOO_LONG = "id_too_long"  # a user / item / session id longer than ingest.max_id_length
+BLANK_LINE = "blank_line"  # a line of nothing but whitespace
+REPEATED_HEADER = "repeated_header"  # a header line that is not its file's first (concatenated exports)
+# the row faults the generator plants (jobs.generate.dirty), one kind per dirty row
 REASON_CODES: tuple[str, ...] = (
     MISSING_USER,
     MISSING_ITEM,
@@ -110,6 +114,9 @@ REASON_CODES: tuple[str, ...] = (
     MALFORMED,
     BAD_ENCODING,
 )
+# codes found by the tests on hand-made files rather than planted by the generator
+EDGE_REASON_CODES: tuple[str, ...] = (ID_TOO_LONG, BLANK_LINE, REPEATED_HEADER)
+ALL_REASON_CODES: tuple[str, ...] = REASON_CODES + EDGE_REASON_CODES
 # the item catalogue's codes (quarantine/items): the event codes that apply, and no_metadata
 ITEM_REASON_CODES: tuple[str, ...] = (MISSING_ITEM, MALFORMED, BAD_ENCODING, NO_METADATA)
 
@@ -125,6 +132,13 @@ RAW_FIELDS: tuple[str, ...] = (
     CATEGORY_ID,
 )
 N_FIELDS = "n_fields"  # fields found on the raw line; -1 when the reader could not parse it
+# where a line sits in its file (line readers): the file split it was read from, and an id that
+# grows along the split; and whether the line reads as the format's header. A file's first header
+# is not data (the audit counts it under details.file_headers); any later one is quarantined.
+LINE_BLOCK = "_line_block"
+LINE_POS = "_line_pos"
+IS_HEADER = "_is_header"
+LINE_COLUMNS: tuple[str, ...] = (LINE_BLOCK, LINE_POS, IS_HEADER)
 
 # bronze keeps the raw line as read (a Parquet source's row as JSON) and its lineage; the parsed
 # fields are derived from it and would double the bytes written
@@ -182,6 +196,8 @@ AUDIT_SCHEMA = T.StructType(
     ]
 )
 
+# the index tables also record the batch that first brought each id (written by ingest)
+FIRST_BATCH_ID = "first_batch_id"
 INDEX_SCHEMA = {
     USER_IDX: T.StructType(
         [

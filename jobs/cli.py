@@ -31,9 +31,10 @@ import sys
 from collections.abc import Sequence
 
 from common.config import ConfigError, load_config
-from common.errors import InputError
+from common.errors import ConcurrentWriteError, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_CONFLICT = 3  # another writer kept committing first: nothing half-written, run again
 
 STAGES: dict[str, str] = {
     "generate": "jobs.generate",
@@ -200,7 +201,7 @@ def execute(module, cfg) -> int:
         try:
             with stage_checkpoints(spark, cfg, stage):
                 module.main(spark, cfg)
-        except (ConfigError, FileNotFoundError, InputError, SystemExit):
+        except (ConfigError, FileNotFoundError, InputError, ConcurrentWriteError, SystemExit):
             raise
         except Exception:
             from common.spark import keep_console_log
@@ -212,6 +213,9 @@ def execute(module, cfg) -> int:
     except (ConfigError, FileNotFoundError, InputError) as e:
         print(f"reclake {stage}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ConcurrentWriteError as e:
+        print(f"reclake {stage}: error: {e}", file=sys.stderr)
+        return EXIT_CONFLICT
     except SystemExit as e:  # a stage that still exits with a message: same one-line form
         if e.code is None or isinstance(e.code, int):
             return e.code or 0

@@ -32,10 +32,10 @@ from common import lake as L
 from common import schema as S
 from common.config import Config, ConfigError
 from common.errors import InputError
-from common.lake import Lake, quote
+from common.lake import Lake, quote, retry_conflicts
 from common.log import get_logger, summary, timed
 from jobs.sources import get_reader
-from jobs.sources.base import SourceSpec
+from jobs.sources.base import SourceSpec, check_text_files, read_failure, strip_space
 
 log = get_logger("ingest")
 
@@ -81,7 +81,7 @@ def preflight(cfg: Config) -> None:
 
 def _parse_ts(raw: Column, ts_format: str, tz: str) -> tuple[Column, Column]:
     """(timestamp or null, numeric-but-overflowing flag) for a raw ts string."""
-    trimmed = F.trim(raw)
+    trimmed = strip_space(raw)
     num = trimmed.try_cast("double")
     is_num = trimmed.rlike(r"^-?[0-9]+(\.[0-9]+)?$")
 
@@ -171,6 +171,10 @@ def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> Data
     ]
     if spec.expected_fields >= 0:
         checks.append((F.col(S.N_FIELDS) != spec.expected_fields, S.MALFORMED))
+    too_long = F.lit(False)
+    for c in (S.USER_ID, S.ITEM_ID, S.SESSION_ID):
+        too_long = too_long | F.coalesce(F.length(c) > ic.max_id_length, F.lit(False))
+    checks.append((too_long, S.ID_TOO_LONG))
 
     df = raw.select(
         "*",
@@ -181,10 +185,15 @@ def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> Data
         finite.alias("_finite"),
         in_range.alias("_in_range"),
     )
-    reasons = F.filter(
+    field_reasons = F.filter(
         F.array(*[F.when(F.coalesce(cond, F.lit(False)), F.lit(code)) for cond, code in checks]),
         lambda r: r.isNotNull(),
     )
+    # a blank line, or a header line (ingest drops each file's first), has this one reason only
+    is_header = F.col(S.IS_HEADER) if S.IS_HEADER in raw.columns else F.lit(False)
+    reasons = (F.when(strip_space(F.col(S.RAW)) == "", F.array(F.lit(S.BLANK_LINE)))
+               .when(is_header, F.array(F.lit(S.REPEATED_HEADER)))
+               .otherwise(field_reasons))
     # 128-bit content id: two seeded 64-bit xxhashes over the typed fields (hashing typed values
     # avoids formatting doubles and timestamps as strings, which cost as much as the rest of
     # standardisation). Null fields are skipped by the hash; user, item, behaviour and ts of a
@@ -209,6 +218,30 @@ def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> Data
         reasons.alias(S.REASONS),
         *keep,
     )
+
+
+def drop_file_headers(std: DataFrame) -> tuple[DataFrame, int]:
+    """``std`` without each file's first header line (header lines are flagged by the reader;
+    a file's first is its header, not data; any later one stays, quarantined as
+    ``repeated_header``), and how many were dropped. The header lines are few: they are found,
+    collected and anti-joined by their place in the file."""
+    if S.IS_HEADER not in std.columns:
+        return std, 0
+    firsts = (std.where(F.col(S.IS_HEADER))
+              .groupBy(S.SOURCE_FILE)
+              .agg(F.min(F.struct(S.LINE_BLOCK, S.LINE_POS)).alias("_first"))
+              .select(S.SOURCE_FILE, F.col(f"_first.{S.LINE_BLOCK}").alias(S.LINE_BLOCK),
+                      F.col(f"_first.{S.LINE_POS}").alias(S.LINE_POS))
+              .collect())
+    if not firsts:
+        return std, 0
+    keys = std.sparkSession.createDataFrame(
+        [tuple(r) for r in firsts],
+        T.StructType([T.StructField(S.SOURCE_FILE, T.StringType()),
+                      T.StructField(S.LINE_BLOCK, T.LongType()),
+                      T.StructField(S.LINE_POS, T.LongType())]))
+    on = [S.SOURCE_FILE, S.LINE_BLOCK, S.LINE_POS]
+    return std.join(F.broadcast(keys), on, "left_anti"), len(firsts)
 
 
 def build_quarantine_events(std: DataFrame) -> DataFrame:
@@ -312,7 +345,7 @@ def empty_batch_problem(audit: dict, batch_id: str) -> str | None:
         return f"batch {batch_id}: the input has no rows"
     if quarantined == rows_in:
         reasons = {k: v for k, v in (audit.get("details") or {}).items()
-                   if k in S.REASON_CODES and v}
+                   if k in S.ALL_REASON_CODES and v}
         return (f"batch {batch_id}: every one of its {rows_in:,} rows was quarantined "
                 f"(reasons {reasons or 'unknown'}; see quarantine/events where "
                 f"batch_id = '{batch_id}')")
@@ -320,15 +353,64 @@ def empty_batch_problem(audit: dict, batch_id: str) -> str | None:
 
 
 def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: str, id_col: str,
-                 idx_col: str) -> int:
-    """Append indices for ids first seen in ``clean``; returns how many were added."""
-    schema = S.INDEX_SCHEMA[idx_col]
+                 idx_col: str, batch_id: str) -> int:
+    """Give ids first seen in ``clean`` the next free indices; returns how many ids the index
+    holds that ``batch_id`` introduced (the same number on a rerun after a crash).
+
+    Safe under concurrent writers by construction: the new entries go in by a MERGE on the id,
+    which reads the index, so Delta refuses its commit when another writer added entries since
+    it read max+1 (``ConcurrentAppendException``); the caller runs it again on fresh indices.
+    A blind append would commit both and give two ids the same index."""
+    schema = T.StructType([*S.INDEX_SCHEMA[idx_col].fields,
+                           T.StructField(S.FIRST_BATCH_ID, T.StringType())])
+    lake.add_missing_columns(spark, table, schema)
     existing = lake.read_or_empty(spark, table, schema)
     new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col,
                              start=next_index(existing, idx_col))
-    before = lake.version(spark, table)
-    lake.write(new.coalesce(1), table, mode="append")
-    return lake.last_metrics(spark, table, before).get("numOutputRows", 0)
+    new = new.withColumn(S.FIRST_BATCH_ID, F.lit(batch_id)).coalesce(1)
+    if lake.exists(spark, table):
+        lake.merge_insert_new(new, table, [id_col])
+    else:
+        lake.write(new, table, mode="append")
+    drop_index_collisions(spark, lake, table, id_col=id_col, idx_col=idx_col, batch_id=batch_id)
+    return lake.count(spark, table, f"{S.FIRST_BATCH_ID} = {quote(batch_id)}")
+
+
+class IndexCollision(RuntimeError):
+    """Entries of this batch that share an id or an index with another batch's (two writers
+    read the same max+1): they were removed, and the index step runs again (retry_conflicts
+    retries it by this class's name)."""
+
+
+def drop_index_collisions(spark: SparkSession, lake: Lake, table: str, *, id_col: str,
+                          idx_col: str, batch_id: str) -> None:
+    """The index check after this batch's commit. Delta refuses a MERGE whose snapshot another
+    writer changed, but the max+1 was read before the MERGE began: a writer that committed in
+    between gives the same indices out twice. So every batch checks its own new entries before
+    it is marked done, removes those that collide with another batch's, and raises
+    :class:`IndexCollision` to assign them again. Only a batch's own entries are ever removed,
+    so a batch already done keeps its indices."""
+    index = lake.read(spark, table)
+    dup_idx = index.groupBy(idx_col).count().where(F.col("count") > 1).select(idx_col)
+    dup_id = index.groupBy(id_col).count().where(F.col("count") > 1).select(id_col)
+    mine = index.where(F.col(S.FIRST_BATCH_ID) == batch_id)
+    bad = (mine.join(dup_idx, idx_col, "left_semi").select(id_col)
+           .union(mine.join(dup_id, id_col, "left_semi").select(id_col)).distinct())
+    bad = bad.cache()
+    try:
+        n = bad.count()
+        if n == 0:
+            return
+        from delta.tables import DeltaTable
+
+        (DeltaTable.forPath(spark, lake.path(table)).alias("t")
+         .merge(bad.alias("s"), f"t.`{id_col}` = s.`{id_col}` AND "
+                                f"t.`{S.FIRST_BATCH_ID}` = {quote(batch_id)}")
+         .whenMatchedDelete().execute())
+    finally:
+        bad.unpersist()
+    raise IndexCollision(f"{table}: {n} new entries shared an id or index with a concurrent "
+                         f"batch's; removed, assigning them again")
 
 
 def main(spark: SparkSession, cfg: Config) -> dict | None:
@@ -342,6 +424,8 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
     files = list_input_files(spark, ic.path)
     if not files:
         raise FileNotFoundError(f"no input files at {ic.path}")
+    if not (ic.source_format == "generic" and ic.generic.format == "parquet"):
+        check_text_files(spark, files, ic.encoding or "UTF-8")
     batch_id = ic.batch_id or batch_fingerprint(ic.source_format, files)
     log.info("batch %s: %d file(s), %s bytes, format %s", batch_id, len(files),
              f"{sum(f[1] for f in files):,}", ic.source_format)
@@ -360,17 +444,25 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
 
     raw, spec = reader(spark, ic.path, cfg)
     lineage = raw.select(
-        *S.RAW_FIELDS, S.N_FIELDS, S.RAW,
+        *S.RAW_FIELDS, S.N_FIELDS, S.RAW, *[c for c in S.LINE_COLUMNS if c in raw.columns],
         F.lit(spec.name).alias(S.SOURCE), S.SOURCE_FILE,
         F.lit(batch_id).alias(S.BATCH_ID), F.lit(ingest_ts).cast(T.TimestampType()).alias(S.INGEST_TS),
     )
     # One parse of the input: the standardised rows are cached, and bronze, quarantine and
     # silver are all written from that cache.
-    std = standardize_events(lineage, spec=spec, cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    cached = standardize_events(lineage, spec=spec, cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        audit = _write_batch(spark, lake, cfg, std, spec, batch_id, t_start)
+        std, file_headers = drop_file_headers(cached)
+        audit = _write_batch(spark, lake, cfg, std, spec, batch_id, t_start,
+                             file_headers=file_headers)
+    except Exception as e:  # a file that breaks off mid-read fails the first write (bronze)
+        why = read_failure(e)
+        if why is None:
+            raise
+        raise InputError(f"batch {batch_id}: {why}; the batch was not ingested "
+                         f"(bronze/events is unchanged). Replace the file and run again.") from None
     finally:
-        std.unpersist()
+        cached.unpersist()
     problem = empty_batch_problem(audit, batch_id)
     if problem and ic.fail_on_empty:
         raise InputError(f"{problem} (ingest.fail_on_empty)")
@@ -384,30 +476,39 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
 
 
 def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, spec: SourceSpec,
-                 batch_id: str, t_start: float) -> dict:
+                 batch_id: str, t_start: float, *, file_headers: int = 0) -> dict:
+    """Every table of one batch, in ``TABLES`` order. Each step is idempotent (rows of the batch
+    replaced, insert-only MERGEs) and is run again when a concurrent writer commits first; the
+    counts come from the tables (rows of this batch), not from the commits, so that a rerun after
+    a crash, or a step that ran twice, records what an uninterrupted run records. The silver
+    audit row is written last: it is what marks the batch done (readers of silver take only
+    batches that have one, ``common.interactions.committed_events``)."""
     ic = cfg.ingest
     batch_pred = f"{S.BATCH_ID} = {quote(batch_id)}"
+
+    def retry(step, what):
+        return retry_conflicts(step, f"batch {batch_id}: {what}", attempts=ic.commit_retries,
+                               log=log)
+
     with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
-        before = lake.version(spark, L.BRONZE_EVENTS)
         bronze = std.select(*[f.name for f in S.BRONZE_SCHEMA.fields])
-        lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        rows_in = lake.last_metrics(spark, L.BRONZE_EVENTS, before).get("numOutputRows", 0)
-        info["rows"] = rows_in
-    lake.record_audit(spark, {S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name,
-                              "rows_in": rows_in, "rows_out": rows_in,
-                              "seconds": info["seconds"]})
+        retry(lambda: lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred,
+                                        partition_by=[S.BATCH_ID]), L.BRONZE_EVENTS)
+        info["rows"] = rows_in = lake.count(spark, L.BRONZE_EVENTS, batch_pred)
+    retry(lambda: lake.record_audit(spark, {
+        S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name, "rows_in": rows_in,
+        "rows_out": rows_in, "seconds": info["seconds"]}), L.AUDIT_BATCHES)
 
     with timed(log, "quarantine/events") as info:
         q = build_quarantine_events(std)
-        before = lake.version(spark, L.QUARANTINE_EVENTS)
-        lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred, partition_by=[S.BATCH_ID])
-        quarantined = lake.last_metrics(spark, L.QUARANTINE_EVENTS, before).get("numOutputRows", 0)
-        info["rows"] = quarantined
-    reason_counts = {
-        r[0]: r[1]
-        for r in lake.read(spark, L.QUARANTINE_EVENTS).where(batch_pred)
-        .select(F.explode(S.REASONS).alias("r")).groupBy("r").count().collect()
-    }
+        retry(lambda: lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred,
+                                        partition_by=[S.BATCH_ID]), L.QUARANTINE_EVENTS)
+        reason_counts = {} if not lake.exists(spark, L.QUARANTINE_EVENTS) else {
+            r[0]: r[1]
+            for r in lake.read(spark, L.QUARANTINE_EVENTS).where(batch_pred)
+            .select(F.explode(S.REASONS).alias("r")).groupBy("r").count().collect()
+        }
+        info["rows"] = quarantined = lake.count(spark, L.QUARANTINE_EVENTS, batch_pred)
 
     with timed(log, "silver/events") as info:
         clean = clean_events(std)
@@ -415,28 +516,30 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
         n_dup_ids = dup_ids.count()
         # broadcast the repeated ids when they are few; else one full deduplicating shuffle
         silver = build_silver_events(clean, dup_ids if n_dup_ids <= BROADCAST_DUP_IDS else None)
-        before = lake.version(spark, L.SILVER_EVENTS)
-        if before >= 0:
+
+        def write_silver():
+            if not lake.exists(spark, L.SILVER_EVENTS):
+                lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
+                return
             if ic.force:
                 from delta.tables import DeltaTable
 
                 DeltaTable.forPath(spark, lake.path(L.SILVER_EVENTS)).delete(batch_pred)
-                before = lake.version(spark, L.SILVER_EVENTS)
             lake.merge_insert_new(silver, L.SILVER_EVENTS, [S.EVENT_ID])
-            new = lake.last_metrics(spark, L.SILVER_EVENTS, before).get("numTargetRowsInserted", 0)
-        else:
-            lake.write(silver, L.SILVER_EVENTS, mode="append", partition_by=[S.EVENT_DATE])
-            new = lake.last_metrics(spark, L.SILVER_EVENTS).get("numOutputRows", 0)
+
+        retry(write_silver, L.SILVER_EVENTS)
         dup_ids.unpersist()
-        info["new"] = new
+        # the batch's rows in silver: those this run inserted, and those an interrupted earlier
+        # run of the same batch did (an event another batch brought first is its duplicate)
+        info["new"] = new = lake.count(spark, L.SILVER_EVENTS, batch_pred)
 
     with timed(log, "silver/user_index, silver/item_index") as info:
         # every clean id of the batch is in silver now (inserted here or earlier), so the cached
         # clean rows give the same ids as re-reading silver, without the read
-        info["new_users"] = update_index(spark, lake, clean, table=L.SILVER_USER_INDEX,
-                                         id_col=S.USER_ID, idx_col=S.USER_IDX)
-        info["new_items"] = update_index(spark, lake, clean, table=L.SILVER_ITEM_INDEX,
-                                         id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
+        for key, table, id_col, idx_col in (("new_users", L.SILVER_USER_INDEX, S.USER_ID, S.USER_IDX),
+                                            ("new_items", L.SILVER_ITEM_INDEX, S.ITEM_ID, S.ITEM_IDX)):
+            info[key] = retry(lambda t=table, i=id_col, x=idx_col: update_index(
+                spark, lake, clean, table=t, id_col=i, idx_col=x, batch_id=batch_id), table)
 
     duplicate = rows_in - quarantined - new
     audit = {
@@ -444,10 +547,10 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
         "rows_in": rows_in, "rows_out": new, "rows_clean_new": new,
         "rows_duplicate": duplicate, "rows_quarantined": quarantined,
         "details": {**reason_counts, "new_users": info["new_users"],
-                    "new_items": info["new_items"]},
+                    "new_items": info["new_items"], "file_headers": file_headers},
         "seconds": time.perf_counter() - t_start,
     }
-    lake.record_audit(spark, audit)
+    retry(lambda: lake.record_audit(spark, audit), L.AUDIT_BATCHES)
     log.info("batch %s: rows_in=%s = clean_new %s + duplicate %s + quarantined %s; reasons %s",
              batch_id, f"{rows_in:,}", f"{new:,}", f"{duplicate:,}", f"{quarantined:,}",
              reason_counts or "none")

@@ -58,6 +58,7 @@ from common.config import Config, ConfigError
 from common.lake import Lake, quote
 from common.log import get_logger, summary, timed
 from jobs.ingest import batch_fingerprint, list_input_files
+from jobs.sources.base import blank_to_null, check_text_files
 from jobs.sources.items import ItemSpec, check_generic_mapping, get_item_reader
 
 log = get_logger("ingest_items")
@@ -113,13 +114,8 @@ def preflight(cfg: Config) -> None:
 # --- pure transforms ------------------------------------------------------------------------------
 
 
-def _blank_to_null(c: Column) -> Column:
-    t = F.trim(c)
-    return F.when(t != "", t)
-
-
 def _clean_array(c: Column) -> Column:
-    kept = F.filter(F.transform(c, _blank_to_null), lambda x: x.isNotNull())
+    kept = F.filter(F.transform(c, blank_to_null), lambda x: x.isNotNull())
     return F.when(F.size(kept) > 0, kept)
 
 
@@ -128,14 +124,14 @@ def clean_item_fields(df: DataFrame) -> DataFrame:
     strings trimmed, blank -> null; arrays without blank elements, empty -> null; attributes
     without blank values, empty -> null. Equal content then has one representation."""
     S.require_columns(df, *S.RAW_ITEM_FIELDS, where="clean_item_fields")
-    attrs = F.map_filter(F.transform_values(S.ATTRIBUTES, lambda _, v: _blank_to_null(v)),
+    attrs = F.map_filter(F.transform_values(S.ATTRIBUTES, lambda _, v: blank_to_null(v)),
                          lambda _, v: v.isNotNull())
     cleaned = {
-        S.ITEM_ID: _blank_to_null(F.col(S.ITEM_ID)),
-        S.TITLE: _blank_to_null(F.col(S.TITLE)),
-        S.DESCRIPTION: _blank_to_null(F.col(S.DESCRIPTION)),
+        S.ITEM_ID: blank_to_null(F.col(S.ITEM_ID)),
+        S.TITLE: blank_to_null(F.col(S.TITLE)),
+        S.DESCRIPTION: blank_to_null(F.col(S.DESCRIPTION)),
         S.CATEGORY_PATH: _clean_array(F.col(S.CATEGORY_PATH)),
-        S.BRAND: _blank_to_null(F.col(S.BRAND)),
+        S.BRAND: blank_to_null(F.col(S.BRAND)),
         S.TAGS: _clean_array(F.col(S.TAGS)),
         S.ATTRIBUTES: F.when(F.size(attrs) > 0, attrs),
     }
@@ -365,6 +361,7 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
         if not tag_files:
             raise FileNotFoundError(f"no tags file at {ic.tags_path}")
         files = files + tag_files
+    check_text_files(spark, files, ic.encoding or "UTF-8")
     batch_id = ic.batch_id or batch_fingerprint(batch_key(cfg), files)
     log.info("batch %s: %d file(s), %s bytes, format %s", batch_id, len(files),
              f"{sum(f[1] for f in files):,}", ic.source_format)

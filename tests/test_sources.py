@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common import schema as S
-from jobs.ingest import standardize_events
+from jobs.ingest import drop_file_headers, standardize_events
 from jobs.sources import READERS, get_reader
 
 pytestmark = pytest.mark.spark
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.spark
 
 def load(spark, cfg, fmt, path):
     raw, spec = get_reader(fmt)(spark, str(path), cfg)
-    rows = standardize_events(raw, spec=spec, cfg=cfg).orderBy(S.RAW).collect()
+    std, _ = drop_file_headers(standardize_events(raw, spec=spec, cfg=cfg))
+    rows = std.orderBy(S.RAW).collect()
     return [r.asDict() for r in rows]
 
 

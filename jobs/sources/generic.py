@@ -13,11 +13,13 @@ from pyspark.sql import functions as F
 from common import schema as S
 from common.config import Config, ConfigError
 from jobs.sources.base import (
+    SPACE_CHARS,
     SourceSpec,
     count_fields_quoted,
     fields_to_raw,
     read_lines,
     split_quoted,
+    strip_space,
 )
 
 _CORRUPT = "_corrupt_record"
@@ -70,12 +72,12 @@ def _read_csv(spark, path, cfg):
     g = cfg.ingest.generic
     lines = read_lines(spark, path, cfg.ingest.encoding or "UTF-8")
     if g.header:
-        head = lines.select(S.RAW).limit(1).collect()
+        head = lines.where(strip_space(F.col(S.RAW)) != "").select(S.RAW).limit(1).collect()
         if not head:
             raise FileNotFoundError(f"no lines under {path}")
-        header_line = head[0][S.RAW]
+        header_line = head[0][S.RAW].strip(SPACE_CHARS)
         names = [h.strip().strip('"') for h in header_line.split(g.delimiter)]
-        lines = lines.where(F.col(S.RAW) != header_line)
+        header = strip_space(F.col(S.RAW)) == F.lit(header_line)
     else:
         # headerless: the mapping names columns by 0-based position ("0", "1", ...)
         try:
@@ -85,6 +87,7 @@ def _read_csv(spark, path, cfg):
                 "ingest.generic.header is false: map fields to column positions, e.g. user_id: '0'"
             ) from None
         names = [str(i) for i in range(width)]
+        header = None
     _check_mapping(cfg, names)
     pos = {field: names.index(src) for field, src in g.columns.items()}
     df = fields_to_raw(
@@ -92,6 +95,7 @@ def _read_csv(spark, path, cfg):
         split_quoted(F.col(S.RAW), g.delimiter, len(names)),
         count_fields_quoted(F.col(S.RAW), g.delimiter),
         _default_behavior(cfg, dict(pos)),
+        header=header,
     )
     return df, _spec(cfg, len(names))
 

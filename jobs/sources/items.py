@@ -49,7 +49,7 @@ from pyspark.sql.window import Window
 
 from common import schema as S
 from common.config import Config, ConfigError
-from jobs.sources.base import count_fields_quoted, read_lines, split_plain
+from jobs.sources.base import count_fields_quoted, read_lines, split_plain, strip_space
 
 # u.item's genre flags, in file order (u.genre)
 ML100K_GENRES: tuple[str, ...] = (
@@ -87,7 +87,13 @@ class ItemSpec:
 def numbered_lines(spark: SparkSession, path: str, encoding: str) -> DataFrame:
     """``read_lines`` plus ``line``: increasing with the line's position in its file (a file's
     lines are read in order, and ids grow with the partition they land in)."""
-    return read_lines(spark, path, encoding).withColumn(S.LINE, F.monotonically_increasing_id())
+    return _nonblank_lines(spark, path, encoding).withColumn(S.LINE, F.col(S.LINE_POS))
+
+
+def _nonblank_lines(spark: SparkSession, path: str, encoding: str) -> DataFrame:
+    """``read_lines`` without its blank lines (a catalogue line with nothing on it names no
+    item; ingest-items does not count them)."""
+    return read_lines(spark, path, encoding).where(strip_space(F.col(S.RAW)) != "")
 
 
 def split_csv(raw: Column, delimiter: str, n: int) -> Column:
@@ -174,7 +180,7 @@ def movielens_top_tags(
     """Per film of ``tags.csv`` (``userId,movieId,tag,timestamp``) its ``max_tags`` most frequent
     tags. Out: ``item_id``, ``tags`` (array, most frequent first, ties alphabetical), and counts
     ``tag_lines`` / ``tag_lines_skipped`` (wrong field count, no movieId or an empty tag)."""
-    lines = read_lines(spark, path, encoding)
+    lines = _nonblank_lines(spark, path, encoding)
     f = split_csv(F.col(S.RAW), ",", 4)
     lines = drop_header(lines.withColumn("_f", f), F.col("_f")[0], "userId")
     t = lines.select(
