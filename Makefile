@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,ray,text
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint bench-etl bench-als bench-influence bench-raytrain bench-embed reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune reproduce-text test-realdata clean
+.PHONY: install dist demo test test-slow test-all lint bench-etl bench-als bench-influence bench-raytrain bench-embed reproduce-ml100k reproduce-taobao reproduce-deep reproduce-tune reproduce-text test-realdata clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(STAMP)
+
+# the wheel and the --py-files zip (common, jobs, raytrain) a cluster submission ships
+dist: install
+	$(BIN)/python deploy/dist.py
 
 demo: install
 	$(BIN)/reclake demo
@@ -147,4 +151,4 @@ test-realdata: install
 	RECLAKE_DATA_DIR=$(RECLAKE_DATA_DIR) $(BIN)/python -m pytest -m realdata $(PYTEST_ARGS)
 
 clean:
-	rm -rf lake lake-ml100k lake-taobao lake-ml100k-tune lake-taobao-tune demo-data bench-out build spark-warehouse .pytest_cache
+	rm -rf lake lake-ml100k lake-taobao lake-ml100k-tune lake-taobao-tune demo-data bench-out build dist spark-warehouse .pytest_cache

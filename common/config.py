@@ -92,6 +92,10 @@ class IngestConfig:
     max_id_length: int = 256
     # a write that loses to a concurrent writer's commit is run again this many times in all
     commit_retries: int = 8
+    # user ids replaced at ingest by their keyed HMAC-SHA256 (64 hex characters) before any
+    # table sees them; the key comes from this environment variable only (never a config file)
+    pseudonymize: bool = False
+    pseudonym_key_env: str = "RECLAKE_PSEUDONYM_KEY"
     generic: GenericSourceConfig = field(default_factory=GenericSourceConfig)
 
 
@@ -347,7 +351,8 @@ class TrainConfig:
     # faster ingest on a cluster, but runs then differ by a few thousandths of a metric
     preserve_order: bool = True
     score_batch: int = 512  # users scored at once for validation and the final top-K
-    # fault injection (tests): "RANK:EPOCH" makes that rank raise once in that epoch
+    # fault injection (tests): "RANK:EPOCH" makes that rank raise once in that epoch,
+    # "RANK:EPOCH:kill" SIGKILLs its process there
     fail_at: str | None = None
 
 
@@ -811,8 +816,9 @@ def _validate_train(cfg: Config, vocab: set[str]) -> None:
         raise ConfigError(f"train.amp must be auto|bf16|fp16|off, got {t.amp!r}")
     if t.lr <= 0 or t.cpus_per_worker <= 0 or t.gpus_per_worker <= 0:
         raise ConfigError("train.lr, train.cpus_per_worker and train.gpus_per_worker must be > 0")
-    if t.fail_at is not None and not re.fullmatch(r"\d+:\d+", t.fail_at):
-        raise ConfigError(f"train.fail_at must look like RANK:EPOCH (e.g. 1:2), got {t.fail_at!r}")
+    if t.fail_at is not None and not re.fullmatch(r"\d+:\d+(:kill)?", t.fail_at):
+        raise ConfigError(f"train.fail_at must look like RANK:EPOCH or RANK:EPOCH:kill (e.g. 1:2), "
+                          f"got {t.fail_at!r}")
     if cfg.ncf.task_target is not None and cfg.ncf.task_target not in vocab:
         raise ConfigError(f"ncf.task_target must be a known behaviour {sorted(vocab)}, got "
                           f"{cfg.ncf.task_target!r}")

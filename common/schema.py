@@ -139,6 +139,7 @@ LINE_BLOCK = "_line_block"
 LINE_POS = "_line_pos"
 IS_HEADER = "_is_header"
 LINE_COLUMNS: tuple[str, ...] = (LINE_BLOCK, LINE_POS, IS_HEADER)
+USER_TOO_LONG = "_user_too_long"  # ingest.pseudonymize: the raw user id was over max_id_length
 
 # bronze keeps the raw line as read (a Parquet source's row as JSON) and its lineage; the parsed
 # fields are derived from it and would double the bytes written

@@ -62,6 +62,20 @@ def _base_conf(cfg: Config) -> dict[str, str]:
     return conf
 
 
+def delta_jars_installed() -> bool:
+    """Whether Delta's JAR is already in Spark's own ``jars/`` folder (``$SPARK_HOME/jars``, else
+    pip pyspark's): an image with the JARs baked in (deploy/*/Dockerfile) then needs no Ivy
+    resolution at start-up, and no network."""
+    homes = [os.environ.get("SPARK_HOME")]
+    try:
+        import pyspark
+
+        homes.append(os.path.dirname(pyspark.__file__))
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        pass
+    return any(h and any(Path(h, "jars").glob("delta-spark_*.jar")) for h in homes)
+
+
 def get_spark(cfg: Config) -> SparkSession:
     """Create (or return the running) SparkSession for ``cfg``.
 
@@ -81,7 +95,7 @@ def get_spark(cfg: Config) -> SparkSession:
     already_has_delta = any(
         "delta" in SparkConf().get(k, "") for k in ("spark.jars.packages", "spark.jars")
     )
-    if sc.delta_pip and not already_has_delta:
+    if sc.delta_pip and not already_has_delta and not delta_jars_installed():
         from delta import configure_spark_with_delta_pip
 
         builder = configure_spark_with_delta_pip(builder)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import hmac
 import os
 import time
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -74,6 +76,58 @@ def preflight(cfg: Config) -> None:
         raise ConfigError("--path is required (or set ingest.path in the config)")
     if "://" not in ic.path and not glob.has_magic(ic.path) and not os.path.exists(ic.path):
         raise FileNotFoundError(f"no input files at {ic.path}")
+    pseudonym_key(cfg)
+
+
+MIN_KEY_BYTES = 16
+
+
+def pseudonym_key(cfg: Config) -> bytes | None:
+    """The HMAC key of ``ingest.pseudonymize`` from the environment (None when it is off).
+    The key is never put in the config, a table, a log line or a run record."""
+    ic = cfg.ingest
+    if not ic.pseudonymize:
+        return None
+    key = os.environ.get(ic.pseudonym_key_env, "").encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(
+            f"ingest.pseudonymize is on but ${ic.pseudonym_key_env} is "
+            f"{'unset' if not key else f'shorter than {MIN_KEY_BYTES} bytes'}: export a secret "
+            f"key (e.g. `export {ic.pseudonym_key_env}=$(openssl rand -hex 32)`), the same one "
+            f"for every batch of the lake")
+    return key
+
+
+def pseudonym(key: bytes, user_id: str) -> str:
+    """HMAC-SHA256 of a user id under ``key``, hex: what ``ingest.pseudonymize`` stores."""
+    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonymize_lineage(lineage: DataFrame, key: bytes, max_id_length: int) -> DataFrame:
+    """User ids replaced by their keyed HMAC (a pandas UDF: the key travels in the function's
+    closure, never in a query plan that Spark would print or log), and the raw line replaced by
+    its parsed fields joined by tabs with the user id so replaced: the original line holds the id
+    and is not kept. An id longer than ``max_id_length`` is flagged first (``_user_too_long``),
+    so that it is still quarantined as ``id_too_long``."""
+    @F.pandas_udf("string")
+    def hmac_ids(ids: pd.Series) -> pd.Series:
+        base = hmac.new(key, digestmod=hashlib.sha256)
+
+        def one(v):
+            if not isinstance(v, str):
+                return None
+            h = base.copy()
+            h.update(v.encode("utf-8"))
+            return h.hexdigest()
+
+        return pd.Series([one(v) for v in ids], index=ids.index, dtype=object)
+
+    user = F.col(S.USER_ID)
+    hashed = hmac_ids(user)
+    out = lineage.withColumn(S.USER_TOO_LONG, F.coalesce(F.length(user) > max_id_length,
+                                                         F.lit(False)))
+    out = out.withColumn(S.USER_ID, hashed)
+    return out.withColumn(S.RAW, F.concat_ws("\t", *[F.col(f) for f in S.RAW_FIELDS]))
 
 
 # --- pure transforms ------------------------------------------------------------------------------
@@ -171,7 +225,7 @@ def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> Data
     ]
     if spec.expected_fields >= 0:
         checks.append((F.col(S.N_FIELDS) != spec.expected_fields, S.MALFORMED))
-    too_long = F.lit(False)
+    too_long = F.col(S.USER_TOO_LONG) if S.USER_TOO_LONG in raw.columns else F.lit(False)
     for c in (S.USER_ID, S.ITEM_ID, S.SESSION_ID):
         too_long = too_long | F.coalesce(F.length(c) > ic.max_id_length, F.lit(False))
     checks.append((too_long, S.ID_TOO_LONG))
@@ -448,6 +502,11 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
         F.lit(spec.name).alias(S.SOURCE), S.SOURCE_FILE,
         F.lit(batch_id).alias(S.BATCH_ID), F.lit(ingest_ts).cast(T.TimestampType()).alias(S.INGEST_TS),
     )
+    key = pseudonym_key(cfg)
+    if key is not None:
+        lineage = pseudonymize_lineage(lineage, key, ic.max_id_length)
+        log.info("user ids pseudonymised (keyed HMAC-SHA256, key from $%s)",
+                 ic.pseudonym_key_env)
     # One parse of the input: the standardised rows are cached, and bronze, quarantine and
     # silver are all written from that cache.
     cached = standardize_events(lineage, spec=spec, cfg=cfg).persist(StorageLevel.MEMORY_AND_DISK)

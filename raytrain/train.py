@@ -184,16 +184,22 @@ def amp_dtype(amp: str, device_type: str):
 
 
 def _fault(config: dict, rank: int, epoch: int) -> None:
-    """``train.fail_at = "RANK:EPOCH"``: that rank raises once in that epoch (a marker file under
-    the run's storage folder remembers that it did, so the restarted attempt goes through)."""
+    """``train.fail_at = "RANK:EPOCH[:kill]"``: that rank fails once in that epoch, after its
+    first batch (a marker file under the run's storage folder remembers that it did, so the
+    restarted attempt goes through): it raises, or with ``:kill`` its process dies of SIGKILL, as
+    a worker does when the OOM killer or a lost node takes it (no Python clean-up runs)."""
     spec = config.get("fail_at")
     if not spec:
         return
-    r, e = (int(x) for x in spec.split(":"))
+    r, e, *how = spec.split(":")
     marker = os.path.join(config["fault_dir"], f"fault-{r}-{e}")
-    if rank == r and epoch == e and not os.path.exists(marker):
+    if rank == int(r) and epoch == int(e) and not os.path.exists(marker):
         os.makedirs(config["fault_dir"], exist_ok=True)
         open(marker, "w").close()
+        if how == ["kill"]:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault (train.fail_at={spec}): rank {rank}, epoch {epoch}")
 
 

@@ -184,3 +184,13 @@ def test_repo_search_spaces_load():
         model = "als" if f.stem.startswith("als") else f.stem
         space = load_space(str(f), model=model, cfg=cfg)
         assert space.params
+
+
+def test_config_files_are_loaded_with_safe_yaml(tmp_path):
+    """A YAML tag that would construct a Python object (and run code) is refused, not run."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'lake: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(ConfigError, match="could not determine a constructor"):
+        load_config(str(evil))
+    assert not marker.exists()

@@ -26,12 +26,17 @@ SUBMIT = DEPLOY / "spark" / "submit.sh"
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
 # deploy-relative path -> (apiVersion, kind) of each document, in order
+SPARK_STAGES = ["ingest", "transform", "split", "als", "evaluate", "influence"]
+SPARK_APPS = ["spark/k8s/spark-reclake-job.yaml",
+              *[f"spark/k8s/stages/{s}.yaml" for s in SPARK_STAGES]]
+RAY_JOBS = ["ray/kuberay-rayjob.yaml", "ray/kuberay-rayjob-tune.yaml"]
 K8S_MANIFESTS = {
-    "spark/k8s/spark-reclake-job.yaml": [("sparkoperator.k8s.io/v1beta2", "SparkApplication")],
+    **{rel: [("sparkoperator.k8s.io/v1beta2", "SparkApplication")] for rel in SPARK_APPS},
     "ray/kuberay-raycluster.yaml": [("ray.io/v1", "RayCluster")],
-    "ray/kuberay-rayjob.yaml": [("ray.io/v1", "RayJob")],
+    **{rel: [("ray.io/v1", "RayJob")] for rel in RAY_JOBS},
 }
 RAY_LAUNCHER_CONFIGS = {"ray/cluster.yaml"}
+RAY_RUNTIME_ENVS = {"ray/runtime-env.yaml"}
 
 ALL_YAML = sorted(
     p.relative_to(DEPLOY).as_posix() for ext in ("*.yaml", "*.yml") for p in DEPLOY.rglob(ext)
@@ -69,30 +74,37 @@ def test_yaml_parses_with_expected_kind(rel):
     elif rel in RAY_LAUNCHER_CONFIGS:
         (cfg,) = docs
         assert {"cluster_name", "provider", "available_node_types", "head_node_type"} <= set(cfg)
+    elif rel in RAY_RUNTIME_ENVS:
+        (env,) = docs
+        assert env["working_dir"] == "." and ".venv" in env["excludes"] and ".git" in env["excludes"]
+        assert all(isinstance(v, str) for v in env.get("env_vars", {}).values())
     else:  # any other manifest must at least be a well-formed Kubernetes object
         for d in docs:
             assert d.get("apiVersion") and d.get("kind"), f"{rel}: missing apiVersion/kind"
             assert d.get("metadata", {}).get("name"), f"{rel}: missing metadata.name"
 
 
-def test_spark_application():
-    app = _one("spark/k8s/spark-reclake-job.yaml")
+@pytest.mark.parametrize("rel", SPARK_APPS)
+def test_spark_application(rel):
+    app = _one(rel)
     spec = app["spec"]
-    assert app["metadata"]["name"]
+    stage = Path(rel).stem if "/stages/" in rel else "ingest"  # the template is the ingest stage
+    assert app["metadata"]["name"] == f"reclake-{stage}"
     assert spec["type"] == "Python" and spec["mode"] == "cluster"
     assert spec["image"] == "ghcr.io/your-org/reclake:0.1.0"
     assert spec["sparkVersion"].startswith("4.2")
-    assert spec["mainApplicationFile"] == "local:///opt/reclake/jobs/ingest.py"
+    assert spec["mainApplicationFile"] == f"local:///opt/reclake/jobs/{stage}.py"
 
     args = spec["arguments"]
     assert all(isinstance(a, str) for a in args), "arguments must be strings"
     assert args[args.index("--lake") + 1] == "s3a://your-bucket/lake"
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     assert "spark.delta_pip=false" in sets
-    assert "--source-format" in args and "--path" in args
+    if stage == "ingest":
+        assert "--source-format" in args and "--path" in args
 
-    assert DELTA_PACKAGE in spec["deps"]["packages"]
-    assert any(p.startswith("org.apache.hadoop:hadoop-aws:") for p in spec["deps"]["packages"])
+    # the Delta and S3 JARs are baked into the image: nothing resolved at start-up
+    assert "deps" not in spec and "spark.jars.packages" not in spec["sparkConf"]
     conf = spec["sparkConf"]
     assert all(isinstance(v, str) for v in conf.values()), "sparkConf values must be strings"
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
@@ -110,6 +122,19 @@ def test_spark_application():
         assert spec[role]["cores"] >= 1 and spec[role]["memory"]
     assert spec["executor"]["instances"] >= 1
     assert spec["driver"]["serviceAccount"]
+
+
+def test_spark_stage_manifests_are_rendered_from_the_template():
+    import sys
+
+    r = subprocess.run([sys.executable, str(DEPLOY / "spark/k8s/render.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rendered = sorted(p.stem for p in (DEPLOY / "spark/k8s/stages").glob("*.yaml"))
+    assert rendered == sorted(SPARK_STAGES)
+    # a changed template is noticed
+    app = _one("spark/k8s/stages/split.yaml")
+    assert app["spec"]["arguments"][-2:] == ["--protocol", "temporal"]
 
 
 def _gpu_workers(cluster_spec: dict) -> list[dict]:
@@ -141,20 +166,27 @@ def test_kuberay_raycluster():
     _check_ray_cluster_spec(rc["spec"])
 
 
-def test_kuberay_rayjob():
-    job = _one("ray/kuberay-rayjob.yaml")
+@pytest.mark.parametrize("rel", RAY_JOBS)
+def test_kuberay_rayjob(rel):
+    job = _one(rel)
     spec = job["spec"]
     entry = shlex.split(spec["entrypoint"])
-    assert entry[:3] == ["python", "-m", "raytrain.train"]
+    stage = "tune" if rel.endswith("-tune.yaml") else "train"
+    assert entry[:2] == ["reclake", stage]
     assert entry[entry.index("--lake") + 1].startswith("s3a://")
-    assert "--use-gpu" in entry
+    assert "--use-gpu" in entry or "train.use_gpu=true" in entry
     assert spec["shutdownAfterJobFinishes"] is True
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
     _check_ray_cluster_spec(spec["rayClusterSpec"])
-    module, flags = entry[2], entry[3:]
-    from jobs.cli import stage_parser
-
-    assert module == "raytrain.train"
-    stage_parser("train").parse_args(flags)  # every flag the manifest passes exists
+    _parses(None, entry[1:])  # the command exists in the CLI and every flag parses
+    if stage == "tune":  # the space file it names is one the image has (configs/ is copied in)
+        space = entry[entry.index("--space") + 1]
+        assert space.startswith("/home/ray/reclake/configs/")
+        assert (ROOT / "configs" / space.removeprefix("/home/ray/reclake/configs/")).is_file()
+        sets = dict(entry[i + 1].split("=", 1) for i, a in enumerate(entry) if a == "--set")
+        concurrent = int(entry[entry.index("--max-concurrent") + 1])
+        gpus = sum(g["maxReplicas"] for g in _gpu_workers(spec["rayClusterSpec"]))
+        assert concurrent * int(sets["train.num_workers"]) <= gpus  # the trials fit the GPUs
 
 
 def test_ray_cluster_launcher_config():
@@ -187,10 +219,30 @@ def test_ray_cluster_launcher_config_matches_ray_schema():
 def test_dockerfiles():
     spark = (DEPLOY / "spark/k8s/Dockerfile").read_text()
     assert "ARG SPARK_TAG=4.2" in spark
+    # apache/spark carries Java; the Delta and S3 JARs are resolved at build time into Spark's jars/
     assert "FROM ${SPARK_IMAGE}:${SPARK_TAG}" in spark and "ARG SPARK_IMAGE=apache/spark" in spark
     assert "pip install" in spark and "/opt/reclake/jobs" in spark
+    assert f"ARG DELTA_PACKAGE={DELTA_PACKAGE}" in spark and "hadoop-aws:3.5.0" in spark
+    assert "/opt/spark/jars/" in spark
     ray = (DEPLOY / "ray/Dockerfile").read_text()
-    assert "FROM rayproject/ray:" in ray and "[ray]" in ray
+    assert "FROM rayproject/ray:" in ray and "[ray,text]" in ray
+    assert "openjdk-17-jre-headless" in ray and "JAVA_HOME=" in ray
+    assert f"ARG DELTA_PACKAGE={DELTA_PACKAGE}" in ray and "pyspark.__file__" in ray
+    # the Ray image's Ray is the manifests' rayVersion
+    tag = re.search(r"ARG RAY_TAG=([\d.]+)-", ray).group(1)
+    for rel in ["ray/kuberay-raycluster.yaml", *RAY_JOBS]:
+        doc = _one(rel)["spec"]
+        assert doc.get("rayVersion", doc.get("rayClusterSpec", {}).get("rayVersion")) == tag, rel
+
+
+def test_delta_jars_baked_into_sparks_jars_folder_are_detected(tmp_path, monkeypatch):
+    from common import spark as factory
+
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path))
+    assert not factory.delta_jars_installed()  # this venv's pyspark has none: pip resolves them
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    assert factory.delta_jars_installed()
 
 
 # --- submit.sh --------------------------------------------------------------------------------
@@ -208,6 +260,7 @@ def _env(**extra: str) -> dict[str, str]:
             "EXTRA_PACKAGES",
             "SPARK_SUBMIT_ARGS",
             "PYTHON",
+            "PROFILE",
         }
     }
     env["SPARK_SUBMIT"] = "spark-submit"  # no lookup of SPARK_HOME / PATH / .venv
@@ -226,15 +279,19 @@ def _run(script: Path, *args: str, cwd: Path = ROOT, **env: str):
     )
 
 
-def _assert_submit_command(tokens: list[str], stage: str, flags: list[str]) -> None:
+def _assert_submit_command(tokens: list[str], stage: str, flags: list[str],
+                           profile: str = "local", partitions: str = "4") -> None:
     # DRY_RUN prefixes the environment the script exports (SPARK_HOME=..., PYSPARK_...=...)
     while re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", tokens[0]):
         tokens = tokens[1:]
     assert tokens[0].endswith("spark-submit")
     script = next(i for i, t in enumerate(tokens) if t.endswith(f"jobs/{stage}.py"))
     before, after = tokens[:script], tokens[script + 1 :]
-    # spark-submit options come before the application, stage flags after it
-    assert before[before.index("--master") + 1] == "local[2]"
+    # spark-submit options come before the application, stage flags after it; the master comes
+    # from the profile (local by default), --master only when SPARK_MASTER asks
+    assert before[before.index("--properties-file") + 1].endswith(
+        f"deploy/spark/profiles/{profile}.conf")
+    assert "--master" not in before
     assert before[before.index("--packages") + 1] == DELTA_PACKAGE
     assert before[before.index("--py-files") + 1].endswith("build/reclake-deps.zip")
     confs = [before[i + 1] for i, t in enumerate(before) if t == "--conf"]
@@ -242,8 +299,9 @@ def _assert_submit_command(tokens: list[str], stage: str, flags: list[str]) -> N
     assert (
         "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog" in confs
     )
-    assert after[:2] == ["--set", "spark.delta_pip=false"]
-    assert after[2:] == flags
+    assert after[:4] == ["--set", "spark.delta_pip=false",
+                         "--set", f"spark.shuffle_partitions={partitions}"]
+    assert after[4:] == flags
 
 
 def test_submit_sh_syntax_and_executable():
@@ -275,6 +333,8 @@ def fake_repo(tmp_path: Path) -> Path:
     """A minimal checkout: submit.sh plus common/ and jobs/ with an `ingest` stage."""
     (tmp_path / "deploy/spark").mkdir(parents=True)
     shutil.copy2(SUBMIT, tmp_path / "deploy/spark/submit.sh")
+    shutil.copy2(DEPLOY / "dist.py", tmp_path / "deploy/dist.py")
+    shutil.copytree(DEPLOY / "spark/profiles", tmp_path / "deploy/spark/profiles")
     for rel in [
         "common/__init__.py",
         "common/config.py",
@@ -286,6 +346,8 @@ def fake_repo(tmp_path: Path) -> Path:
         "jobs/sources/taobao.py",
         "jobs/__pycache__/cli.cpython-311.pyc",
         "jobs/helper.py",  # a module under jobs/ that is not an entry point
+        "raytrain/__init__.py",
+        "raytrain/train.py",
     ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(f"# {rel}\n")
@@ -343,7 +405,8 @@ def test_submit_env_overrides(fake_repo: Path):
         "--conf",
         "spark.executor.memory=4g",
     ]
-    assert tokens[script + 1 :] == ["--set", "spark.delta_pip=false", "--lake", "/tmp/l"]
+    assert tokens[script + 1 :] == ["--set", "spark.delta_pip=false",
+                                    "--set", "spark.shuffle_partitions=4", "--lake", "/tmp/l"]
 
 
 def test_submit_runs_spark_submit_with_deps_zip(fake_repo: Path, tmp_path: Path):
@@ -363,7 +426,8 @@ def test_submit_runs_spark_submit_with_deps_zip(fake_repo: Path, tmp_path: Path)
     )
     assert r.returncode == 0, r.stderr
     argv = record.read_text().split("\0")[:-1]
-    assert argv[-4:] == ["--set", "spark.delta_pip=false", "--path", "a dir/with spaces"]
+    assert argv[-6:] == ["--set", "spark.delta_pip=false", "--set", "spark.shuffle_partitions=4",
+                         "--path", "a dir/with spaces"]
     deps = Path(argv[argv.index("--py-files") + 1])
     assert deps == fake_repo / "build/reclake-deps.zip"
     names = set(zipfile.ZipFile(deps).namelist())
@@ -372,8 +436,9 @@ def test_submit_runs_spark_submit_with_deps_zip(fake_repo: Path, tmp_path: Path)
         "jobs/cli.py",
         "jobs/ingest.py",
         "jobs/sources/taobao.py",
+        "raytrain/train.py",
     } <= names
-    assert {"common/", "jobs/", "jobs/sources/"} <= names  # zipimport needs directory entries
+    assert {"common/", "jobs/", "jobs/sources/", "raytrain/"} <= names  # zipimport needs directory entries
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert not any(n.startswith("deploy/") for n in names)
 
@@ -459,8 +524,9 @@ def test_submit_lists_exactly_the_cli_entry_points():
             assert stage in listed, stage
 
 
-def test_spark_application_runs_an_entry_point_with_flags_that_parse():
-    spec = _one("spark/k8s/spark-reclake-job.yaml")["spec"]
+@pytest.mark.parametrize("rel", SPARK_APPS)
+def test_spark_application_runs_an_entry_point_with_flags_that_parse(rel):
+    spec = _one(rel)["spec"]
     main = spec["mainApplicationFile"]
     assert main.startswith("local:///opt/reclake/")
     stage = _entry_point_stage(main.removeprefix("local:///opt/reclake/"))
@@ -499,6 +565,9 @@ def test_documented_commands_name_real_stages_and_flags():
     assert len(submits) >= 5, commands  # the README's examples were found
     for where, argv in commands:
         args = [a for a in argv[1:] if a != "--dry-run"]
+        while args and args[0] == "--profile":  # submit.sh's own option, checked to exist
+            assert (DEPLOY / f"spark/profiles/{args[1]}.conf").is_file(), f"{where}: {args[1]}"
+            args = args[2:]
         if argv[0] == "reclake":
             _parses(None, args)
         else:
@@ -530,3 +599,99 @@ _NOT_YET: dict[str, str] = {}
 def test_python_modules_named_in_deploy_exist(where: str, module: str):
     assert importlib.util.find_spec(module.split(".")[0]) is not None, f"{where}: {module}"
     assert importlib.util.find_spec(module) is not None, f"{where}: no module {module}"
+
+
+# --- profiles and make dist -------------------------------------------------------------------
+
+
+def _properties(path: Path) -> dict[str, str]:
+    """A spark-defaults style file as spark-submit reads it (key, whitespace or '=', value)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = re.split(r"(\s*=\s*|\s+)", line, maxsplit=1)
+        assert key.startswith("spark."), f"{path.name}: {key} is not a Spark property"
+        assert key not in out, f"{path.name}: {key} twice"
+        out[key] = value.strip()
+    return out
+
+
+def test_profiles_are_properties_files_with_a_master():
+    profiles = {p.stem: _properties(p) for p in (DEPLOY / "spark/profiles").glob("*.conf")}
+    assert set(profiles) >= {"local", "yarn", "k8s"}
+    assert profiles["local"]["spark.master"] == "local[2]"
+    assert profiles["yarn"]["spark.master"] == "yarn"
+    assert profiles["yarn"]["spark.submit.deployMode"] == "cluster"
+    k8s = profiles["k8s"]
+    assert k8s["spark.master"].startswith("k8s://https://")
+    assert k8s["spark.reclake.appRoot"] == "local:///opt/reclake"
+    assert k8s["spark.kubernetes.container.image"]
+    for name, props in profiles.items():
+        assert int(props["spark.sql.shuffle.partitions"]) >= 1, name
+
+
+def test_submit_k8s_profile_runs_the_images_copy(fake_repo: Path):
+    r = _run(fake_repo / "deploy/spark/submit.sh", "--profile", "k8s", "ingest", "--path",
+             "s3a://b/x", DRY_RUN="1")
+    assert r.returncode == 0, r.stderr
+    tokens = shlex.split(r.stdout.replace("\n", " "))
+    script = tokens.index("local:///opt/reclake/jobs/ingest.py")
+    before, after = tokens[:script], tokens[script + 1:]
+    assert before[before.index("--properties-file") + 1] == str(
+        fake_repo / "deploy/spark/profiles/k8s.conf")
+    assert "--py-files" not in before and "--packages" not in before  # baked into the image
+    assert after == ["--set", "spark.delta_pip=false", "--set", "spark.shuffle_partitions=64",
+                     "--path", "s3a://b/x"]
+    assert not (fake_repo / "build").exists()
+
+
+def test_submit_profile_file_and_master_override(fake_repo: Path, tmp_path: Path):
+    conf = tmp_path / "mine.conf"
+    conf.write_text("# mine\nspark.master=spark://h:7077\nspark.sql.shuffle.partitions = 12\n")
+    r = _run(fake_repo / "deploy/spark/submit.sh", "--dry-run", "ingest", "--profile", str(conf),
+             "--path", "x")
+    assert r.returncode == 0, r.stderr
+    tokens = shlex.split(r.stdout)
+    assert tokens[tokens.index("--properties-file") + 1] == str(conf)
+    assert "--master" not in tokens
+    assert tokens[-4:] == ["--set", "spark.shuffle_partitions=12", "--path", "x"]
+    r = _run(fake_repo / "deploy/spark/submit.sh", "ingest", DRY_RUN="1", PROFILE="yarn",
+             SPARK_MASTER="yarn")
+    tokens = shlex.split(r.stdout)
+    assert tokens[tokens.index("--properties-file") + 1].endswith("profiles/yarn.conf")
+    assert tokens[tokens.index("--master") + 1] == "yarn"
+
+
+def test_submit_unknown_profile_fails_clearly(fake_repo: Path):
+    r = _run(fake_repo / "deploy/spark/submit.sh", "--profile", "nope", "ingest", DRY_RUN="1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert "unknown profile 'nope'" in r.stderr and "local" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_make_dist_builds_wheel_and_importable_pyfiles(tmp_path: Path):
+    import sys
+
+    r = subprocess.run([sys.executable, str(DEPLOY / "dist.py"), "--dist", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("reclake-*-py3-none-any.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for mod in ("common/config.py", "jobs/cli.py", "jobs/ingest.py", "raytrain/train.py"):
+        assert mod in names, mod
+    assert not any(n.startswith("tests/") for n in names)
+    assert any(n.endswith("entry_points.txt") for n in names)
+    pyfiles = tmp_path / "reclake-pyfiles.zip"
+    zipped = set(zipfile.ZipFile(pyfiles).namelist())
+    assert {"common/config.py", "jobs/sources/base.py", "raytrain/train.py"} <= zipped
+    assert not any("__pycache__" in n or n.startswith("tests/") for n in zipped)
+    # the zip alone is enough to import the stages (what --py-files gives an executor)
+    code = ("import jobs.ingest, jobs.transform, raytrain.train, common.config;"
+            "print(jobs.ingest.__file__)")
+    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, "
+                        f"{str(pyfiles)!r}); {code}"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(pyfiles)), r.stdout

@@ -130,14 +130,17 @@ def test_ncf_train_writes_lake_and_matches_evaluate(ray_local, spark, make_cfg):
 
 
 @pytest.mark.slow
-def test_worker_fault_resumes_from_checkpoint(ray_local, make_cfg, tmp_path):
-    """Rank 1 raises once in epoch 2: the group restarts from epoch 1's checkpoint (epochs 0 and
-    1 are not repeated) and ends where an uninterrupted run ends."""
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_worker_fault_resumes_from_checkpoint(ray_local, make_cfg, tmp_path, how):
+    """Rank 1 fails once in epoch 2, after its first batch (raises, or its process is SIGKILLed):
+    the group restarts from epoch 1's checkpoint (epochs 0 and 1 are not repeated) and ends where
+    an uninterrupted run ends."""
     from raytrain.train import load_state, train_run
 
     common = dict(run__model="lightgcn", train__num_workers=2, train__cpus_per_worker=0.5,
                   train__epochs=4, train__max_failures=1)
-    cfg = _cfg(make_cfg, run__run_id="lg-fault", train__fail_at="1:2", **common)
+    fail_at = "1:2" if how == "raise" else "1:2:kill"
+    cfg = _cfg(make_cfg, run__run_id="lg-fault", train__fail_at=fail_at, **common)
     _planted_lake(cfg.lake)
     faulty = train_run(cfg)
     clean = train_run(cfg.with_(**{"run.run_id": "lg-clean", "train.fail_at": None}))
