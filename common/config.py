@@ -67,6 +67,9 @@ class GenericSourceConfig:
     )
     ts_format: str = "auto"  # auto | epoch_s | epoch_ms | iso | a Spark datetime pattern
     default_behavior: str | None = None  # used when no behaviour column is mapped
+    # mapped fields whose column an input file may lack (schema drift): null there, with a
+    # warning; a file without any other mapped column is an error before anything is written
+    optional: tuple[str, ...] = (S.VALUE, S.SESSION_ID, S.CATEGORY_ID, S.EVENT_ID)
 
 
 @dataclass(frozen=True)

@@ -179,15 +179,15 @@ def committed_events(spark: SparkSession, lake: Lake) -> DataFrame:
     """``silver/events`` of the batches that finished: those with an ``audit/batches`` silver
     row, which ingest writes last. A batch that was killed, or is being written right now, has
     rows in silver but no such row yet, and is left out until it finishes. A lake whose silver
-    was not written by ingest (no silver audit row at all: built by hand, by a test) is read
-    whole."""
+    was not written by ingest (no bronze or silver audit row at all: built by hand, by a test)
+    is read whole."""
     events = lake.read(spark, L.SILVER_EVENTS)
     if not lake.exists(spark, L.AUDIT_BATCHES):
         return events
-    done = (lake.read(spark, L.AUDIT_BATCHES).where(F.col(S.STAGE) == "silver")
-            .select(S.BATCH_ID).distinct())
-    if done.isEmpty():
+    by_ingest = lake.read(spark, L.AUDIT_BATCHES).where(F.col(S.STAGE).isin("bronze", "silver"))
+    if by_ingest.isEmpty():
         return events
+    done = by_ingest.where(F.col(S.STAGE) == "silver").select(S.BATCH_ID).distinct()
     return events.join(F.broadcast(done), S.BATCH_ID, "left_semi")
 
 

@@ -214,7 +214,8 @@ def standardize_events(raw: DataFrame, *, spec: SourceSpec, cfg: Config) -> Data
     checks: list[tuple[Column, str]] = [
         (F.col(S.USER_ID).isNull(), S.MISSING_USER),
         (F.col(S.ITEM_ID).isNull(), S.MISSING_ITEM),
-        (F.col("_ts").isNull() & ~F.col("_ts_overflow"), S.BAD_TS),
+        # a missing ts too (its overflow flag is null then: coalesced, or the row passed clean)
+        (F.col("_ts").isNull() & ~F.coalesce(F.col("_ts_overflow"), F.lit(False)), S.BAD_TS),
         (F.col("_ts_overflow") | ~F.col("_ts").between(F.lit(ts_min), F.lit(ts_max)),
          S.TS_OUT_OF_RANGE),
         (F.col(S.BEHAVIOR).isNull() | F.col("_behavior").isNull(), S.UNKNOWN_BEHAVIOR),

@@ -117,6 +117,7 @@ def test_whitespace_of_every_kind_is_missing_and_long_ids_are_quarantined(spark,
         "long_item": f"u8,{'i' * 2_500_000},view,,{ts},s,c",
         "long_session": f"u9,i1,view,,{ts},{'s' * 41},c",
         "at_limit": f"{'u' * 40},i1,view,,{ts},s,c",
+        "no_ts": "u10,i1,view,,\u00a0,s,c",
     }
     path = tmp_path / "ws.csv"
     path.write_text(GENERIC_HEADER + "\n" + "\n".join(rows.values()) + "\n", encoding="utf-8")
@@ -131,6 +132,7 @@ def test_whitespace_of_every_kind_is_missing_and_long_ids_are_quarantined(spark,
     for name in ("long_user", "long_item", "long_session"):
         assert by_name[name][1] == [S.ID_TOO_LONG], name
     assert by_name["at_limit"][1] == []
+    assert by_name["no_ts"][1] == [S.BAD_TS]  # a missing timestamp is not a clean row
 
 
 # --- compressed, binary and truncated input ------------------------------------------------------
@@ -385,3 +387,85 @@ def test_two_ingests_at_once_into_a_fresh_lake_both_land_once(spark, tmp_path: P
     assert sum(x["rows_clean_new"] for x in audits) == 35_000
     assert sum(x["rows_duplicate"] for x in audits) == 5_000
     assert lake.read(spark, L.SILVER_USER_INDEX).count() == 5000
+
+
+# --- schema drift in a generic source ----------------------------------------------------------
+
+
+@pytest.mark.spark
+def test_csv_files_with_drifted_headers_are_each_read_by_their_own(spark, make_cfg,
+                                                                   tmp_path: Path):
+    """One batch, three files: the usual header; columns moved, a new one added, optional ones
+    dropped and ts as epoch seconds; a third with the first's header. Every row lands in the
+    right fields, the absent optional fields are null, every line is accounted for."""
+    d = tmp_path / "drift"
+    d.mkdir()
+    (d / "a.csv").write_text(GENERIC_HEADER + "\nu1,i1,view,,2024-01-01T10:00:00Z,s1,c1\n"
+                             "u2,i2,purchase,9.5,2024-01-01T10:01:00Z,s2,c2\n")
+    (d / "b.csv").write_text("ts,channel,item_id,user_id,behavior\n"
+                             "1704103200,app,i3,u3,cart\n1704103260,web,i1,u4,view\n"
+                             "1704103320,web,i1\n")  # the last one is short: malformed
+    (d / "c.csv").write_text(GENERIC_HEADER + "\nu5,i2,view,,2024-01-01T10:05:00Z,s5,c2\n")
+    audit = _ingest(spark, make_cfg(), d)
+    lake = Lake(make_cfg().lake)
+    assert audit["rows_in"] == 6 and audit["details"]["file_headers"] == 3
+    assert audit["rows_clean_new"] == 5 and audit["rows_quarantined"] == 1
+    rows = {r[S.USER_ID]: r for r in lake.read(spark, L.SILVER_EVENTS).collect()}
+    assert set(rows) == {"u1", "u2", "u3", "u4", "u5"}
+    assert (rows["u3"][S.ITEM_ID], rows["u3"][S.BEHAVIOR]) == ("i3", "cart")
+    assert rows["u3"][S.SESSION_ID] is None and rows["u3"][S.CATEGORY_ID] is None
+    assert rows["u3"][S.TS].isoformat().startswith("2024-01-01T10:00")
+    assert (rows["u2"][S.VALUE], rows["u2"][S.SESSION_ID]) == (9.5, "s2")
+    assert (rows["u5"][S.ITEM_ID], rows["u5"][S.CATEGORY_ID]) == ("i2", "c2")
+    (bad,) = lake.read(spark, L.QUARANTINE_EVENTS).collect()
+    assert S.MALFORMED in bad[S.REASONS] and bad[S.RAW] == "1704103320,web,i1"
+
+
+@pytest.mark.spark
+def test_a_file_without_a_required_column_stops_the_batch_before_any_write(spark, make_cfg,
+                                                                          tmp_path: Path):
+    from common.config import ConfigError
+
+    d = tmp_path / "drift"
+    d.mkdir()
+    (d / "a.csv").write_text(GENERIC_HEADER + "\nu1,i1,view,,2024-01-01T10:00:00Z,s1,c1\n")
+    (d / "b.csv").write_text("user_id,item_id,behavior\nu2,i2,view\n")  # no ts
+    cfg = make_cfg()
+    with pytest.raises(ConfigError, match=r"\['ts'\] that b\.csv \(header 'user_id,item_id,"
+                                          r"behavior'\) lacks.*ingest\.generic\.optional"):
+        _ingest(spark, cfg, d)
+    assert not Lake(cfg.lake).exists(spark, L.BRONZE_EVENTS)
+    # told that ts may be absent, the batch lands and b's row is quarantined (no timestamp)
+    audit = _ingest(spark, cfg, d, **{"generic.optional": ["value", "session_id", "category_id",
+                                                            "ts"]})
+    assert audit["rows_in"] == 2 and audit["rows_clean_new"] == 1
+    assert audit["details"][S.BAD_TS] == 1
+
+
+@pytest.mark.spark
+def test_parquet_files_merge_added_columns_and_refuse_a_changed_type(spark, make_cfg,
+                                                                   tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    ok.mkdir()
+    bad.mkdir()
+    base = {"user_id": ["u1"], "item_id": ["i1"], "behavior": ["purchase"],
+            "ts": ["2024-01-01T10:00:00Z"]}
+    pq.write_table(pa.table({**base, "value": pa.array([9.5])}), ok / "a.parquet")
+    pq.write_table(pa.table({**base, "user_id": ["u2"], "channel": ["app"]}), ok / "b.parquet")
+    pq.write_table(pa.table({**base, "value": pa.array([9.5])}), bad / "a.parquet")
+    pq.write_table(pa.table({**base, "user_id": ["u2"], "value": ["9.5 EUR"]}),
+                   bad / "b.parquet")
+    cfg = make_cfg(**{"ingest.generic.format": "parquet"})
+    audit = _ingest(spark, cfg, ok)
+    assert audit["rows_in"] == audit["rows_clean_new"] == 2
+    values = {r[S.USER_ID]: r[S.VALUE] for r in Lake(cfg.lake).read(spark, L.SILVER_EVENTS)
+              .collect()}
+    assert values == {"u1": 9.5, "u2": None}
+    cfg2 = make_cfg(**{"ingest.generic.format": "parquet", "lake": str(tmp_path / "lake2")})
+    with pytest.raises(InputError, match="do not agree on their columns' types.*Nothing was "
+                                         "written"):
+        _ingest(spark, cfg2, bad)
+    assert not Lake(cfg2.lake).exists(spark, L.BRONZE_EVENTS)

@@ -148,7 +148,14 @@ def test_worker_fault_resumes_from_checkpoint(ray_local, make_cfg, tmp_path, how
     assert faulty.counts["attempts"] == 2 and clean.counts["attempts"] == 1
     hist = load_state(faulty.artefacts["checkpoint"])["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]  # each epoch once, none from 0 again
-    assert [h["attempt"] for h in hist] == [0, 0, 1, 1]
+    attempts = [h["attempt"] for h in hist]
+    if how == "raise":
+        assert attempts == [0, 0, 1, 1]
+    else:
+        # a SIGKILL can land before the controller registered epoch 1's checkpoint (reported a
+        # moment earlier): the group then resumes from epoch 0's. Either way from a checkpoint,
+        # not from scratch, and no epoch is recorded twice.
+        assert attempts in ([0, 0, 1, 1], [0, 1, 1, 1]), attempts
     clean_hist = load_state(clean.artefacts["checkpoint"])["history"]
     # stated tolerance: batch order within a shard is Ray Data's, so metrics agree to 0.05
     a, b = hist[-1]["valid_ndcg@5"], clean_hist[-1]["valid_ndcg@5"]
