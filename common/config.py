@@ -441,6 +441,16 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    """``reclake maintain``: compaction, clean-up and a health summary of the lake's tables."""
+
+    optimize: bool = True  # OPTIMIZE (bin-packing, Z-order on the columns readers filter by)
+    vacuum: bool = True  # VACUUM files older than retention_hours that no version needs
+    retention_hours: float = 168.0  # Delta's default; below it older versions cannot be read
+    tables: tuple[str, ...] = ()  # which tables (lake-relative names); empty: every table
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """``reclake demo``."""
 
@@ -476,6 +486,7 @@ class Config:
     lightgcn: LightgcnConfig = field(default_factory=LightgcnConfig)
     twotower: TwotowerConfig = field(default_factory=TwotowerConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def with_(self, **overrides: Any) -> Config:
@@ -717,6 +728,9 @@ def validate(cfg: Config) -> None:
     _validate_text(cfg)
     if cfg.ingest.commit_retries < 1:
         raise ConfigError(f"ingest.commit_retries must be >= 1, got {cfg.ingest.commit_retries}")
+    if cfg.maintain.retention_hours < 0:
+        raise ConfigError(f"maintain.retention_hours must be >= 0, got "
+                          f"{cfg.maintain.retention_hours}")
     if cfg.ingest.max_id_length < 1:
         raise ConfigError(f"ingest.max_id_length must be >= 1, got {cfg.ingest.max_id_length}")
     if not 0 < cfg.split.ratio <= 1:

@@ -49,6 +49,7 @@ STAGES: dict[str, str] = {
     "embed": "raytrain.embed",
     "evaluate": "jobs.evaluate",
     "influence": "jobs.influence",
+    "maintain": "jobs.maintain",
     "demo": "jobs.demo",
 }
 
