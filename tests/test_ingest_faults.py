@@ -154,16 +154,21 @@ def test_content_problem_by_first_bytes():
     assert content_problem("e.csv", b"", "UTF-8") is None
 
 
-@pytest.mark.spark
-def test_gzip_under_a_csv_name_and_binary_junk_are_refused_before_any_write(spark, make_cfg,
-                                                                          tmp_path: Path):
+def _lake_with_a_good_batch(spark, make_cfg, tmp_path: Path):
+    """A lake holding one clean generic batch: (cfg, lake, its file, every table's version)."""
     header, lines = SAMPLES["generic"]
     cfg = make_cfg()
     lake = Lake(cfg.lake)
     good = tmp_path / "good.csv"
     good.write_text("\n".join([header, *lines]) + "\n")
     _ingest(spark, cfg, good)
-    versions = {t: lake.version(spark, t) for t in ingest.TABLES}
+    return cfg, lake, good, {t: lake.version(spark, t) for t in ingest.TABLES}
+
+
+@pytest.mark.spark
+def test_gzip_under_a_csv_name_and_binary_junk_are_refused_before_any_write(spark, make_cfg,
+                                                                          tmp_path: Path):
+    cfg, lake, good, versions = _lake_with_a_good_batch(spark, make_cfg, tmp_path)
     gz = tmp_path / "gz" / "events.csv"
     gz.parent.mkdir()
     gz.write_bytes(gzip.compress(good.read_bytes()))
@@ -180,13 +185,8 @@ def test_gzip_under_a_csv_name_and_binary_junk_are_refused_before_any_write(spar
 @pytest.mark.spark
 def test_truncated_gzip_is_rejected_and_a_line_cut_short_is_quarantined(spark, make_cfg,
                                                                          tmp_path: Path):
+    cfg, lake, good, versions = _lake_with_a_good_batch(spark, make_cfg, tmp_path)
     header, lines = SAMPLES["generic"]
-    cfg = make_cfg()
-    lake = Lake(cfg.lake)
-    good = tmp_path / "good.csv"
-    good.write_text("\n".join([header, *lines]) + "\n")
-    _ingest(spark, cfg, good)
-    versions = {t: lake.version(spark, t) for t in ingest.TABLES}
     big = "\n".join([header] + [f"u{k},i{k % 50},view,,2024-01-02T10:00:00Z,s{k},c"
                                 for k in range(20_000)]) + "\n"
     packed = gzip.compress(big.encode())

@@ -114,8 +114,7 @@ def _read_csv(spark, path, cfg):
 
     # Each file's own header: files of one batch may differ (a column added, dropped or moved:
     # schema drift); the positions of the mapped columns are taken per header.
-    multi = len({f for f in lines.inputFiles()}) > 1
-    if multi:
+    if len(set(lines.inputFiles())) > 1:
         by_file = _file_headers(lines)
     else:
         head = lines.where(strip_space(F.col(S.RAW)) != "").select(S.RAW).limit(1).collect()
@@ -140,9 +139,8 @@ def _read_csv(spark, path, cfg):
         (names, pos), = layouts
         df = fields_to_raw(lines, fields, count, _default_behavior(cfg, dict(pos)), header=header)
         return df, _spec(cfg, len(names))
-    if len(headers) > 1:
-        log.warning("the batch's files have %d different headers (schema drift): each file is "
-                    "read by its own", len(headers))
+    log.warning("the batch's files have %d different headers (schema drift): each file is "
+                "read by its own", len(headers))
     # which layout a line's file has (a literal map of file -> layout: files are few)
     lay = F.create_map(*[F.lit(x) for f, h in by_file.items() for x in (f, headers.index(h))])
     which = lay[F.col(S.SOURCE_FILE)]
