@@ -695,3 +695,51 @@ def test_make_dist_builds_wheel_and_importable_pyfiles(tmp_path: Path):
                        cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(pyfiles)), r.stdout
+
+# --- the scale profiles (docs/scaling.md) ---------------------------------------------------------
+
+SCALE_PROFILES = {"yarn-1b-etl": ("ingest", "transform", "split"), "yarn-1b-als": ("fit",)}
+
+
+def _bytes(size: str) -> int:
+    """A JVM size ("12g", "512m") in bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    return int(size[:-1]) * units[size[-1].lower()] if size[-1].isalpha() else int(size)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/scale").glob("*.yaml")), ids=lambda p: p.stem)
+def test_scale_configs_load_and_match_their_profiles(path: Path):
+    from common.config import load_config
+
+    cfg = load_config(path)  # the real loader: an unknown or mistyped key fails here
+    assert cfg.spark.master is None and not cfg.spark.delta_pip  # spark-submit decides
+    for name in SCALE_PROFILES:
+        props = _properties(DEPLOY / f"spark/profiles/{name}.conf")
+        assert props["spark.master"] == "yarn", name
+        assert int(props["spark.sql.shuffle.partitions"]) == cfg.spark.shuffle_partitions, name
+        assert props["spark.driver.memory"] == cfg.spark.driver_memory, name
+    als = _properties(DEPLOY / "spark/profiles/yarn-1b-als.conf")
+    cores = int(als["spark.executor.instances"]) * int(als["spark.executor.cores"])
+    assert cfg.als.num_user_blocks == cfg.als.num_item_blocks == cores  # one block per core
+    # the top-K's Python memory per task (deploy/README.md) times the tasks of one executor
+    r = cfg.recommend
+    per_task = r.user_batch * r.item_block * 12 + r.broadcast_max_mb * 2**20
+    assert int(als["spark.executor.cores"]) * per_task < _bytes(
+        als["spark.executor.memoryOverhead"])
+    assert cfg.train.use_gpu and cfg.train.num_workers >= 1 and cfg.train.address == "auto"
+
+
+@pytest.mark.parametrize("profile, stage", [(p, s) for p, ss in SCALE_PROFILES.items() for s in ss])
+def test_submit_accepts_the_scale_profiles(profile: str, stage: str):
+    from common.config import load_config
+
+    cfg = load_config(ROOT / "configs/scale/1b-per-day.yaml")
+    flags = ["--config", "configs/scale/1b-per-day.yaml"]
+    if stage == "ingest":
+        flags += ["--path", "s3a://your-bucket/raw/dt=2024-01-01/*.csv"]
+    r = _run(SUBMIT, "--profile", profile, stage, *flags, DRY_RUN="1")
+    assert r.returncode == 0, r.stderr
+    _assert_submit_command(shlex.split(r.stdout), stage, flags, profile=profile,
+                           partitions=str(cfg.spark.shuffle_partitions))
+    _parses(stage, flags)  # the stage's own parser takes the flags
+
