@@ -99,6 +99,9 @@ class IngestConfig:
     # table sees them; the key comes from this environment variable only (never a config file)
     pseudonymize: bool = False
     pseudonym_key_env: str = "RECLAKE_PSEUDONYM_KEY"
+    # rows of users on the suppression list (audit/suppressed_users, written by `reclake forget`)
+    # are dropped before bronze and counted as rows_suppressed; true: ingest them again
+    allow_suppressed: bool = False
     generic: GenericSourceConfig = field(default_factory=GenericSourceConfig)
 
 
@@ -451,6 +454,27 @@ class MaintainConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """``reclake pipeline``: the stages in order, each skipped when its inputs are unchanged."""
+
+    name: str = "default"  # the pipeline's id: its run ids, sweep name and resume state
+    skip: tuple[str, ...] = ()  # stages not to run (e.g. [tune, embed])
+    only: tuple[str, ...] = ()  # run just these stages (one Airflow task / cluster job each)
+    force: tuple[str, ...] = ()  # stages to run even when their inputs are unchanged ("all": every one)
+    protocols: tuple[str, ...] = ("stratified",)  # split protocols built; models use the first
+    fit_models: tuple[str, ...] = ("als",)  # Spark models fitted by the als stage
+    train_models: tuple[str, ...] = ("ncf", "sasrec", "lightgcn")  # Ray Train models
+    tune_model: str = "als"  # the model the tune stage sweeps
+
+
+@dataclass(frozen=True)
+class ForgetConfig:
+    """``reclake forget``: erase users from every lake table and suppress them in later ingests."""
+
+    user_ids: tuple[str, ...] = ()  # raw user ids as in the source (pseudonymised here if on)
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """``reclake demo``."""
 
@@ -487,6 +511,8 @@ class Config:
     twotower: TwotowerConfig = field(default_factory=TwotowerConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def with_(self, **overrides: Any) -> Config:
@@ -731,6 +757,7 @@ def validate(cfg: Config) -> None:
     if cfg.maintain.retention_hours < 0:
         raise ConfigError(f"maintain.retention_hours must be >= 0, got "
                           f"{cfg.maintain.retention_hours}")
+    _validate_pipeline(cfg.pipeline)
     if cfg.ingest.max_id_length < 1:
         raise ConfigError(f"ingest.max_id_length must be >= 1, got {cfg.ingest.max_id_length}")
     if not 0 < cfg.split.ratio <= 1:
@@ -892,3 +919,21 @@ def to_dict(cfg: Config) -> dict:
         return v
 
     return conv(cfg)
+
+
+PIPELINE_STAGES: tuple[str, ...] = (
+    "ingest", "transform", "split", "als", "evaluate", "train", "tune", "embed", "influence")
+
+
+def _validate_pipeline(p: PipelineConfig) -> None:
+    for key in ("skip", "only", "force"):
+        unknown = [s for s in getattr(p, key) if s not in PIPELINE_STAGES
+                   and not (key == "force" and s == "all")]
+        if unknown:
+            raise ConfigError(f"pipeline.{key}: unknown stage(s) {', '.join(unknown)} (the "
+                              f"stages: {', '.join(PIPELINE_STAGES)})")
+    if not p.protocols:
+        raise ConfigError("pipeline.protocols is empty: the models need a split protocol")
+    if not p.name or not all(c.isalnum() or c in "-_." for c in p.name):
+        raise ConfigError(f"pipeline.name {p.name!r}: letters, digits, '-', '_' and '.' only "
+                          "(it becomes part of run ids)")

@@ -17,6 +17,10 @@ from common.errors import ConcurrentWriteError
 BRONZE_EVENTS = "bronze/events"
 QUARANTINE_EVENTS = "quarantine/events"
 AUDIT_BATCHES = "audit/batches"
+# reclake pipeline: one row per stage per invocation (done | skipped | failed, inputs, outputs)
+AUDIT_PIPELINE = "audit/pipeline"
+# reclake forget: the sha256 of each forgotten user's id; ingest drops their rows
+AUDIT_SUPPRESSED_USERS = "audit/suppressed_users"
 SILVER_EVENTS = "silver/events"
 SILVER_USER_INDEX = "silver/user_index"
 SILVER_ITEM_INDEX = "silver/item_index"
@@ -66,6 +70,8 @@ ALL_TABLES: tuple[str, ...] = (
     BRONZE_EVENTS,
     QUARANTINE_EVENTS,
     AUDIT_BATCHES,
+    AUDIT_PIPELINE,
+    AUDIT_SUPPRESSED_USERS,
     SILVER_EVENTS,
     SILVER_USER_INDEX,
     SILVER_ITEM_INDEX,
@@ -96,7 +102,8 @@ ALL_TABLES: tuple[str, ...] = (
     INFLUENCE_BEHAVIOR_SHAPLEY,
 )
 # tables the demo does not write (the ablation is not part of it)
-NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY, GOLD_PREDICTIONS)
+NOT_IN_DEMO: tuple[str, ...] = (INFLUENCE_BEHAVIOR_SHAPLEY, GOLD_PREDICTIONS,
+                                AUDIT_SUPPRESSED_USERS)
 
 
 def _is_uri(p: str) -> bool:
@@ -238,7 +245,8 @@ class Lake:
         full["created_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
         df = spark.createDataFrame([full], S.AUDIT_SCHEMA)
         where = f"{S.BATCH_ID} = {quote(row[S.BATCH_ID])} AND {S.STAGE} = {quote(row[S.STAGE])}"
-        self.replace_rows(df, AUDIT_BATCHES, where)
+        # merge_schema: an audit table of an older version lacks the newer count columns
+        self.replace_rows(df, AUDIT_BATCHES, where, merge_schema=True)
 
     def history_version(self, spark: SparkSession, table: str) -> int:
         from delta.tables import DeltaTable

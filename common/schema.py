@@ -142,7 +142,9 @@ LINE_COLUMNS: tuple[str, ...] = (LINE_BLOCK, LINE_POS, IS_HEADER)
 USER_TOO_LONG = "_user_too_long"  # ingest.pseudonymize: the raw user id was over max_id_length
 
 # bronze keeps the raw line as read (a Parquet source's row as JSON) and its lineage; the parsed
-# fields are derived from it and would double the bytes written
+# fields are derived from it and would double the bytes written. The parsed user id alone is
+# kept (null where the line has none; the pseudonym under ingest.pseudonymize), so that
+# `reclake forget` finds every line of a user, quarantined ones included, without re-parsing.
 BRONZE_SCHEMA = T.StructType(
     [
         T.StructField(RAW, T.StringType()),
@@ -150,6 +152,7 @@ BRONZE_SCHEMA = T.StructType(
         T.StructField(SOURCE_FILE, T.StringType()),
         T.StructField(BATCH_ID, T.StringType()),
         T.StructField(INGEST_TS, T.TimestampType()),
+        T.StructField(USER_ID, T.StringType()),
     ]
 )
 
@@ -181,6 +184,11 @@ QUARANTINE_SCHEMA = T.StructType(
     ]
 )
 
+# quarantine/events: the rejected line, its reasons, and its parsed user id (see BRONZE_SCHEMA)
+QUARANTINE_EVENTS_SCHEMA = T.StructType(
+    [*QUARANTINE_SCHEMA.fields, T.StructField(USER_ID, T.StringType())]
+)
+
 AUDIT_SCHEMA = T.StructType(
     [
         T.StructField(BATCH_ID, T.StringType(), False),
@@ -191,6 +199,8 @@ AUDIT_SCHEMA = T.StructType(
         T.StructField("rows_clean_new", T.LongType()),
         T.StructField("rows_duplicate", T.LongType()),
         T.StructField("rows_quarantined", T.LongType()),
+        # input rows of users on the suppression list (audit/suppressed_users), never written
+        T.StructField("rows_suppressed", T.LongType()),
         T.StructField("details", T.MapType(T.StringType(), T.LongType())),
         T.StructField("seconds", T.DoubleType()),
         T.StructField("created_at", T.TimestampType()),
@@ -199,6 +209,10 @@ AUDIT_SCHEMA = T.StructType(
 
 # the index tables also record the batch that first brought each id (written by ingest)
 FIRST_BATCH_ID = "first_batch_id"
+# silver/user_index: when `reclake forget` tombstoned the entry (its user_id is then
+# TOMBSTONE_PREFIX + user_idx, and the user_idx is never given out again); null otherwise
+FORGOTTEN_AT = "forgotten_at"
+TOMBSTONE_PREFIX = "forgotten:"
 INDEX_SCHEMA = {
     USER_IDX: T.StructType(
         [
@@ -213,6 +227,18 @@ INDEX_SCHEMA = {
         ]
     ),
 }
+
+# audit/suppressed_users: one row per forgotten user, by the sha256 of the id as the lake stores
+# it (the pseudonym under ingest.pseudonymize), never the id itself
+USER_SHA256 = "user_sha256"
+COMPLETED_AT = "completed_at"  # null while a forget of the user has not finished (VACUUM included)
+SUPPRESSED_USERS_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_SHA256, T.StringType(), False),
+        T.StructField(FORGOTTEN_AT, T.TimestampType(), False),
+        T.StructField(COMPLETED_AT, T.TimestampType()),
+    ]
+)
 
 SPLIT_COLUMNS: tuple[str, ...] = (PROTOCOL, SPLIT, USER_IDX, ITEM_IDX, CONFIDENCE, TS)
 # gold/splits also carries cnt_<b>, conf_<b> and amt_<b> for every behaviour of the vocabulary,

@@ -50,6 +50,8 @@ STAGES: dict[str, str] = {
     "evaluate": "jobs.evaluate",
     "influence": "jobs.influence",
     "maintain": "jobs.maintain",
+    "forget": "jobs.forget",
+    "pipeline": "jobs.pipeline",
     "demo": "jobs.demo",
 }
 

@@ -1,11 +1,17 @@
-"""Run the whole pipeline on generated data: generate -> ingest -> transform -> split -> ALS and
-popularity -> deep models on Ray Train -> evaluate -> influence.
+"""Run the whole pipeline on generated data, then a cold-start example.
+
+Generate, then ``reclake pipeline``: ingest -> transform -> split -> ALS and popularity ->
+evaluate -> deep models on Ray Train -> tune -> embed -> influence.
 
     reclake demo            # ./demo-data and ./lake
     reclake --lake /tmp/lake demo --events 200000
 
 Prints every lake table with its row count and location, and how to read a table from pandas /
 DuckDB through ``deltalake`` (no Spark needed).
+
+The demo is :mod:`jobs.pipeline` (pipeline ``demo``: run ids ``demo-<model>``, its per-stage
+summary and final table) over the generated files, with the demo's choices where the config keeps
+the defaults (:func:`demo_config`). A rerun on the same lake skips what is unchanged.
 
 The demo trains ALS with ``DEMO_ALS``, settings chosen on a validation part of the demo data's
 train split by ``tests/benchmarks/tune_demo_als.py`` (the test split is never looked at); a key
@@ -28,10 +34,11 @@ import time
 from pyspark.sql import SparkSession
 
 from common import lake as L
-from common.config import AlsConfig, Config, GenerateConfig
+from common.config import AlsConfig, Config, GenerateConfig, PipelineConfig, TuneConfig
 from common.lake import Lake
 from common.log import get_logger
-from jobs import als, evaluate, generate, influence, ingest, split, transform
+from jobs import als, evaluate, generate, ingest, split, transform
+from jobs.pipeline import run_pipeline
 
 log = get_logger("demo")
 
@@ -66,14 +73,15 @@ DEMO_DEEP: dict[str, object] = {
     "ncf.task_target": "purchase",  # NeuMF's multi-task head: will the user buy the item?
 }
 DEEP_MODELS: tuple[str, ...] = ("ncf", "sasrec", "lightgcn")
-# the demo's sweep: few trials, the shipped ALS space, rerun from scratch each time
-DEMO_TUNE: dict[str, object] = {
-    "tune.trials": 4,
-    "tune.name": "demo-als",
-    "tune.fresh": True,
-    "split.protocol": "stratified",
-    "run.model": "als",
+DEMO_TUNE_TRIALS = 4  # the demo's sweep: few trials, the shipped ALS space, on stratified
+# the pipeline's choices: three protocols (models on the first), ALS beside its baseline
+DEMO_PIPELINE: dict[str, object] = {
+    "pipeline.protocols": ["stratified", "temporal", "leave_last_out"],
+    "pipeline.fit_models": ["als", "popularity"],
+    "pipeline.train_models": list(DEEP_MODELS),
+    "pipeline.tune_model": "als",
 }
+DEMO_PIPELINE_NAME = "demo"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,12 +103,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def demo_config(cfg: Config) -> Config:
     """``cfg`` with the demo's choices where it keeps the defaults: dirty rate ``DEMO_DIRTY_RATE``,
-    the ``DEMO_ALS`` settings, csv files ingested as the generic source, dataset label."""
+    the ``DEMO_ALS`` settings, csv files ingested as the generic source, dataset label; and the
+    pipeline's (``DEMO_PIPELINE``, ``DEMO_DEEP``, the item catalogue, the stages --no-deep /
+    --no-tune / --no-text leave out)."""
     values: dict[str, object] = {
         "generate.formats": ["csv"],
         "ingest.source_format": "generic",
         "ingest.path": f"{cfg.generate.out}/csv",
         "run.dataset": cfg.run.dataset or DEMO_DATASET,
+        **DEMO_PIPELINE,
+        **DEMO_DEEP,
     }
     if cfg.generate.dirty_rate == GenerateConfig.dirty_rate:
         values["generate.dirty_rate"] = DEMO_DIRTY_RATE
@@ -109,6 +121,18 @@ def demo_config(cfg: Config) -> Config:
     for key, value in DEMO_ALS.items():
         if getattr(cfg.als, key.split(".", 1)[1]) == getattr(AlsConfig, key.split(".", 1)[1]):
             values[key] = value
+    if cfg.pipeline.name == PipelineConfig.name:
+        values["pipeline.name"] = DEMO_PIPELINE_NAME
+    if cfg.tune.trials == TuneConfig.trials:
+        values["tune.trials"] = DEMO_TUNE_TRIALS
+    skip = list(cfg.pipeline.skip)
+    for flag, stage in ((cfg.demo.deep, "train"), (cfg.demo.tune, "tune"), (cfg.demo.text, "embed")):
+        if not flag and stage not in skip:
+            skip.append(stage)
+    values["pipeline.skip"] = skip
+    if cfg.demo.text:
+        values.update(DEMO_ITEMS)
+        values["items.path"] = f"{cfg.generate.out}/items/items.csv"
     return cfg.with_(**values)
 
 
@@ -135,21 +159,6 @@ def fit_models(spark: SparkSession, cfg: Config, *, stamp: str,
     return runs
 
 
-def train_deep(cfg: Config, *, stamp: str, models: tuple[str, ...] = DEEP_MODELS) -> list[dict]:
-    """Train each deep model on the stratified split with ``DEMO_DEEP`` (Ray Train, local Ray);
-    returns their ``metrics/evaluation`` rows (the runs write them, test split, target all)."""
-    from raytrain.train import train_run
-
-    deep = cfg.with_(**DEMO_DEEP, **{"split.protocol": "stratified"})
-    rows = []
-    for model in models:
-        print(f"-- {model}")
-        run_cfg = deep.with_(**{"run.model": model, "run.run_id": f"demo-{model}-{stamp}"})
-        train_run(run_cfg)
-        rows += _evaluation_rows(cfg, run_cfg.run.run_id)
-    return rows
-
-
 # the generated catalogue (jobs/generate/catalogue.py) through the generic items reader
 DEMO_ITEMS: dict[str, object] = {
     "items.source_format": "generic",
@@ -158,40 +167,28 @@ DEMO_ITEMS: dict[str, object] = {
 }
 
 
-def text_demo(spark: SparkSession, cfg: Config, *, stamp: str) -> list[dict]:
-    """The language model on the demo data: the generated catalogue -> ``silver/items``, its
-    MiniLM vectors (``reclake embed``, Ray Data), the ``cold_items`` split, then the text model
-    and a random ranking on the held-out items and the ALS + text hybrid; prints one user's
-    cold-start list beside their history. Returns the runs' ``metrics/evaluation`` rows."""
-    from pathlib import Path
-
-    from jobs import ingest_items
+def text_demo(spark: SparkSession, cfg: Config) -> list[dict]:
+    """The language model on the demo data, after the pipeline's embed stage put the generated
+    catalogue in ``silver/items`` and its MiniLM vectors in ``models/text_embeddings``: the
+    ``cold_items`` split, then the text model and a random ranking on the held-out items and the
+    ALS + text hybrid; prints one user's cold-start list beside their history. Returns the runs'
+    ``metrics/evaluation`` rows."""
     from jobs.fit import fit_run
-    from raytrain.embed import embed_run
 
-    items_cfg = cfg.with_(**DEMO_ITEMS, **{
-        "items.path": str(Path(cfg.generate.out) / "items" / "items.csv")})
-    ingest_items.main(spark, items_cfg)
-    embed_run(cfg)
+    name = cfg.pipeline.name
     cold = cfg.with_(**{"split.protocol": "cold_items", "split.valid_ratio": 0.0})
     split.main(spark, cold)
     runs = [
         cold.with_(**{"run.model": "text", "recommend.candidates": "cold",
-                      "run.run_id": f"demo-text-{stamp}"}),
+                      "run.run_id": f"{name}-text"}),
         cold.with_(**{"run.model": "random", "recommend.candidates": "cold",
-                      "run.run_id": f"demo-random-{stamp}"}),
-        cold.with_(**{"run.model": "hybrid", "run.run_id": f"demo-hybrid-{stamp}"}),
+                      "run.run_id": f"{name}-random"}),
+        cold.with_(**{"run.model": "hybrid", "run.run_id": f"{name}-hybrid"}),
     ]
     for run_cfg in runs:
         fit_run(spark, run_cfg)
-    lake = Lake(cfg.lake)
-    rows = []
-    for run_cfg in runs:
-        r = evaluate.evaluate_run(spark, lake, run_id=run_cfg.run.run_id, ks=cfg.evaluate.k,
-                                  target="all", dataset=run_cfg.run.dataset)
-        evaluate.write_evaluation(spark, lake, r, run_id=run_cfg.run.run_id, target="all")
-        rows += r
-    _show_cold_start(spark, lake, runs[0].run.run_id)
+    rows = evaluate_runs(spark, cfg, runs)
+    _show_cold_start(spark, Lake(cfg.lake), runs[0].run.run_id)
     return rows
 
 
@@ -224,22 +221,16 @@ def _show_cold_start(spark: SparkSession, lake: Lake, run_id: str) -> None:
         print(f"    {r[S.RANK]}. {r[S.TITLE]}  (cosine {r[S.SCORE]:.3f})")
 
 
-def tune_demo(cfg: Config) -> dict:
-    """The demo's sweep (``DEMO_TUNE``); returns its best-config row."""
-    from raytrain.tune import tune_run
-
-    return tune_run(cfg.with_(**DEMO_TUNE))
-
-
-def _evaluation_rows(cfg: Config, run_id: str) -> list[dict]:
-    from deltalake import DeltaTable
+def _evaluation_rows(spark: SparkSession, cfg: Config, run_ids: list[str]) -> list[dict]:
+    """The ``metrics/evaluation`` rows (target all) of these runs, in their order."""
+    from pyspark.sql import functions as F
 
     from common import schema as S
 
-    dt = DeltaTable(Lake(cfg.lake).path(L.METRICS_EVALUATION))
-    df = dt.to_pandas()
-    del dt
-    return df[(df[S.RUN_ID] == run_id) & (df[S.TARGET] == "all")].to_dict("records")
+    df = (Lake(cfg.lake).read(spark, L.METRICS_EVALUATION)
+          .where(F.col(S.RUN_ID).isin(run_ids) & (F.col(S.TARGET) == "all")).toPandas())
+    rows = df.to_dict("records")
+    return sorted(rows, key=lambda r: run_ids.index(r[S.RUN_ID]))
 
 
 def evaluate_runs(spark: SparkSession, cfg: Config, runs: list[Config]) -> list[dict]:
@@ -267,52 +258,24 @@ def table_summary(spark: SparkSession, lake: Lake) -> list[tuple[str, int, str]]
 def main(spark: SparkSession, cfg: Config) -> list[tuple[str, int, str]]:
     t0 = time.perf_counter()
     cfg = demo_config(cfg)
-    build_lake(spark, cfg)
-    print("== 4/7 split (stratified, temporal, leave_last_out)")
-    for protocol in ("stratified", "temporal", "leave_last_out"):
-        split.main(spark, cfg.with_(**{"split.protocol": protocol}))
-    a = cfg.als
-    print(f"== 5/7 models on the stratified split: ALS (rank {a.rank}, reg_param {a.reg_param}, "
-          f"alpha {a.alpha}, max_iter {a.max_iter}) and the popularity baseline")
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    runs = fit_models(spark, cfg, stamp=stamp)
-    print("== 6/7 evaluate against the test split")
-    metric_rows = evaluate_runs(spark, cfg, runs)
-    ray_started = False
+    print(f"== generate {cfg.generate.events:,} events -> {cfg.generate.out}", flush=True)
+    generate.main(None, cfg)
+    run_pipeline(spark, cfg)
+    p = cfg.pipeline
+    models = [*p.fit_models, *([] if "train" in p.skip else p.train_models)]
+    metric_rows = _evaluation_rows(spark, cfg, [f"{p.name}-{m}" for m in models])
     text_rows: list[dict] = []
-    if cfg.demo.deep or cfg.demo.tune or cfg.demo.text:
-        from raytrain.train import _init_ray
-
-        ray_started = _init_ray(cfg)  # one local Ray for the deep runs and the sweep
-    try:
-        if cfg.demo.deep:
-            print("== 6b/7 deep models on Ray Train (NeuMF, SASRec, LightGCN; stratified split, "
-                  f"{DEMO_DEEP['train.epochs']} epochs each)")
-            metric_rows += train_deep(cfg, stamp=stamp)
-        if cfg.demo.tune:
-            print(f"== 6c/7 tune: a {DEMO_TUNE['tune.trials']}-trial ALS sweep on Ray Tune "
-                  "(Optuna + ASHA, objective validation NDCG@10), then its best config refit "
-                  "and tested")
-            tune_demo(cfg)
-        if cfg.demo.text:
-            print("== 6d/7 language model: the item catalogue -> silver/items, all-MiniLM-L6-v2 "
-                  "vectors by Ray Data (reclake embed), cold_items split, text / random / "
-                  "hybrid recommenders")
-            text_rows = text_demo(spark, cfg, stamp=stamp)
-    finally:
-        if ray_started:
-            import ray
-
-            ray.shutdown()
-    print("== 7/7 influence: which behaviours drive the ALS recommendations")
-    influence.main(spark, runs[0])
+    if cfg.demo.text:
+        print("\n== cold start: cold_items split (20 % of the items held out whole), text / "
+              "random / hybrid recommenders over the MiniLM vectors", flush=True)
+        text_rows = text_demo(spark, cfg)
 
     lake = Lake(cfg.lake)
     rows = table_summary(spark, lake)
     width = max(len(t) for t, _, _ in rows)
     print(f"\nreclake demo finished in {time.perf_counter() - t0:.0f}s. Lake tables:")
-    for t, n, p in rows:
-        print(f"  {t:<{width}}  {n:>10,} rows  {p}")
+    for t, n, where in rows:
+        print(f"  {t:<{width}}  {n:>10,} rows  {where}")
     audit = lake.read(spark, L.AUDIT_BATCHES).where("stage = 'silver'").orderBy("created_at")
     print("\naudit/batches (silver): rows_in = clean_new + duplicate + quarantined")
     for r in audit.collect():

@@ -6,7 +6,10 @@ One call is one *batch*: raw rows are appended to ``bronze/events`` as read; eac
 validated once (``standardize_events``); rows with any problem go to ``quarantine/events`` with
 their reason codes; the rest are deduplicated by ``event_id`` and MERGEd insert-only into
 ``silver/events``; new user / item ids get stable int32 indices. ``audit/batches`` records, per
-batch and stage, ``rows_in = rows_clean_new + rows_duplicate + rows_quarantined`` exactly.
+batch and stage, ``rows_in = rows_clean_new + rows_duplicate + rows_quarantined +
+rows_suppressed`` exactly. Rows of users that ``reclake forget`` erased (``audit/suppressed_users``,
+matched by the sha256 of the user id as stored) are dropped before bronze and counted as
+``rows_suppressed``, unless ``ingest.allow_suppressed`` (``--allow-suppressed``) lets them in.
 
 The batch id defaults to a hash of the format and the files' names, sizes and modification times,
 so running the same command twice finds the batch already done and changes nothing; ``--force``
@@ -65,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", dest="ingest.encoding", default=None)
     p.add_argument("--timezone", dest="ingest.timezone", default=None,
                    help="zone of naive datetime strings (default UTC)")
+    p.add_argument("--allow-suppressed", dest="ingest.allow_suppressed", action="store_const",
+                   const=True, default=None,
+                   help="ingest rows of users `reclake forget` erased (default: dropped, counted)")
 
 
 def preflight(cfg: Config) -> None:
@@ -300,10 +306,32 @@ def drop_file_headers(std: DataFrame) -> tuple[DataFrame, int]:
 
 
 def build_quarantine_events(std: DataFrame) -> DataFrame:
-    """Rejected rows: ``batch_id, source, source_file, raw, reasons, ingest_ts``."""
+    """Rejected rows: ``batch_id, source, source_file, raw, reasons, ingest_ts, user_id``."""
     return std.where(F.size(S.REASONS) > 0).select(
-        *[f.name for f in S.QUARANTINE_SCHEMA.fields]
+        *[f.name for f in S.QUARANTINE_EVENTS_SCHEMA.fields]
     )
+
+
+def user_sha256(user_id: Column) -> Column:
+    """Hex sha256 of a user id as the lake stores it: the key of ``audit/suppressed_users``."""
+    return F.sha2(user_id, 256)
+
+
+def drop_suppressed(std: DataFrame, suppressed: DataFrame) -> DataFrame:
+    """``std`` without the rows whose ``user_id`` hashes (``user_sha256``) to one of
+    ``suppressed``'s ``user_sha256`` (a small table: broadcast). Rows without a user id stay."""
+    hashes = F.broadcast(suppressed.select(S.USER_SHA256).distinct())
+    keyed = std.withColumn("_user_sha256", user_sha256(F.col(S.USER_ID)))
+    kept = keyed.join(hashes, keyed["_user_sha256"] == hashes[S.USER_SHA256], "left_anti")
+    return kept.drop("_user_sha256")
+
+
+def suppressed_users(spark: SparkSession, lake: Lake) -> DataFrame | None:
+    """``audit/suppressed_users`` when it holds any user; None otherwise."""
+    if not lake.exists(spark, L.AUDIT_SUPPRESSED_USERS):
+        return None
+    table = lake.read(spark, L.AUDIT_SUPPRESSED_USERS)
+    return table if table.limit(1).count() else None
 
 
 def clean_events(std: DataFrame) -> DataFrame:
@@ -422,7 +450,12 @@ def update_index(spark: SparkSession, lake: Lake, clean: DataFrame, *, table: st
     existing = lake.read_or_empty(spark, table, schema)
     new = assign_new_indices(clean, existing, id_col=id_col, idx_col=idx_col,
                              start=next_index(existing, idx_col))
-    new = new.withColumn(S.FIRST_BATCH_ID, F.lit(batch_id)).coalesce(1)
+    new = new.withColumn(S.FIRST_BATCH_ID, F.lit(batch_id))
+    # columns the index has beyond these (forgotten_at of a tombstone, `reclake forget`): null
+    # for a new entry, and named, since MERGE's insert-all needs every target column
+    new = new.select("*", *[F.lit(None).cast(f.dataType).alias(f.name)
+                            for f in existing.schema.fields if f.name not in new.columns])
+    new = new.coalesce(1)
     if lake.exists(spark, table):
         lake.merge_insert_new(new, table, [id_col])
     else:
@@ -531,7 +564,8 @@ def main(spark: SparkSession, cfg: Config) -> dict | None:
                     "this an error.", problem)
     summary("ingest", tables=TABLES, lake=lake.root, seconds=audit["seconds"],
             batch=batch_id, rows_in=audit["rows_in"], clean_new=audit["rows_clean_new"],
-            duplicate=audit["rows_duplicate"], quarantined=audit["rows_quarantined"])
+            duplicate=audit["rows_duplicate"], quarantined=audit["rows_quarantined"],
+            suppressed=audit["rows_suppressed"])
     return audit
 
 
@@ -550,19 +584,38 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
         return retry_conflicts(step, f"batch {batch_id}: {what}", attempts=ic.commit_retries,
                                log=log)
 
+    suppressed = 0
+    listed = None if ic.allow_suppressed else suppressed_users(spark, lake)
+    if listed is not None:
+        kept = drop_suppressed(std, listed)
+        # both counts read the cached parse (std is built on it), not the input again
+        suppressed = std.count() - kept.count()
+        std = kept
+        if suppressed:
+            log.info("%s row(s) of users on audit/suppressed_users dropped (reclake forget; "
+                     "ingest.allow_suppressed=true ingests them)", f"{suppressed:,}")
+    elif ic.allow_suppressed and lake.exists(spark, L.AUDIT_SUPPRESSED_USERS):
+        log.warning("ingest.allow_suppressed: rows of users erased by `reclake forget` are "
+                    "ingested again")
+
     with timed(log, f"bronze/events <- {ic.source_format} {ic.path}") as info:
         bronze = std.select(*[f.name for f in S.BRONZE_SCHEMA.fields])
+        # merge_schema: a bronze table of an older version lacks the user_id column
         retry(lambda: lake.replace_rows(bronze, L.BRONZE_EVENTS, batch_pred,
-                                        partition_by=[S.BATCH_ID]), L.BRONZE_EVENTS)
-        info["rows"] = rows_in = lake.count(spark, L.BRONZE_EVENTS, batch_pred)
+                                        partition_by=[S.BATCH_ID], merge_schema=True),
+              L.BRONZE_EVENTS)
+        info["rows"] = in_bronze = lake.count(spark, L.BRONZE_EVENTS, batch_pred)
+    rows_in = in_bronze + suppressed
     retry(lambda: lake.record_audit(spark, {
         S.BATCH_ID: batch_id, S.STAGE: "bronze", S.SOURCE: spec.name, "rows_in": rows_in,
-        "rows_out": rows_in, "seconds": info["seconds"]}), L.AUDIT_BATCHES)
+        "rows_out": in_bronze, "rows_suppressed": suppressed, "seconds": info["seconds"]}),
+        L.AUDIT_BATCHES)
 
     with timed(log, "quarantine/events") as info:
         q = build_quarantine_events(std)
         retry(lambda: lake.replace_rows(q, L.QUARANTINE_EVENTS, batch_pred,
-                                        partition_by=[S.BATCH_ID]), L.QUARANTINE_EVENTS)
+                                        partition_by=[S.BATCH_ID], merge_schema=True),
+              L.QUARANTINE_EVENTS)
         reason_counts = {} if not lake.exists(spark, L.QUARANTINE_EVENTS) else {
             r[0]: r[1]
             for r in lake.read(spark, L.QUARANTINE_EVENTS).where(batch_pred)
@@ -601,19 +654,20 @@ def _write_batch(spark: SparkSession, lake: Lake, cfg: Config, std: DataFrame, s
             info[key] = retry(lambda t=table, i=id_col, x=idx_col: update_index(
                 spark, lake, clean, table=t, id_col=i, idx_col=x, batch_id=batch_id), table)
 
-    duplicate = rows_in - quarantined - new
+    duplicate = rows_in - quarantined - new - suppressed
     audit = {
         S.BATCH_ID: batch_id, S.STAGE: "silver", S.SOURCE: spec.name,
         "rows_in": rows_in, "rows_out": new, "rows_clean_new": new,
         "rows_duplicate": duplicate, "rows_quarantined": quarantined,
+        "rows_suppressed": suppressed,
         "details": {**reason_counts, "new_users": info["new_users"],
                     "new_items": info["new_items"], "file_headers": file_headers},
         "seconds": time.perf_counter() - t_start,
     }
     retry(lambda: lake.record_audit(spark, audit), L.AUDIT_BATCHES)
-    log.info("batch %s: rows_in=%s = clean_new %s + duplicate %s + quarantined %s; reasons %s",
-             batch_id, f"{rows_in:,}", f"{new:,}", f"{duplicate:,}", f"{quarantined:,}",
-             reason_counts or "none")
+    log.info("batch %s: rows_in=%s = clean_new %s + duplicate %s + quarantined %s + suppressed "
+             "%s; reasons %s", batch_id, f"{rows_in:,}", f"{new:,}", f"{duplicate:,}",
+             f"{quarantined:,}", f"{suppressed:,}", reason_counts or "none")
     return audit
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -104,6 +106,23 @@ def optimize(spark: SparkSession, lake: Lake, table: str) -> dict:
             "files_removed": m["numFilesRemoved"]}
 
 
+RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+
+
+@contextmanager
+def retention_check_lifted(spark: SparkSession, retention_hours: float) -> Iterator[None]:
+    """Within the block, Delta's check that refuses VACUUM below its 168 h default is off when
+    ``retention_hours`` is below it; the session's setting is restored on the way out (also
+    when the block fails), so the lift never outlives the stage."""
+    before = spark.conf.get(RETENTION_CHECK, "true")
+    if retention_hours < DELTA_DEFAULT_RETENTION_H:
+        spark.conf.set(RETENTION_CHECK, "false")
+    try:
+        yield
+    finally:
+        spark.conf.set(RETENTION_CHECK, before)
+
+
 def vacuum(spark: SparkSession, lake: Lake, table: str, retention_hours: float) -> None:
     from delta.tables import DeltaTable
 
@@ -157,15 +176,13 @@ def main(spark: SparkSession, cfg: Config) -> list[dict]:
     missing = [t for t in mc.tables if t not in tables]
     if missing:
         log.warning("not in the lake (yet): %s", ", ".join(missing))
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    before = spark.conf.get(check, "true")
     if mc.vacuum and mc.retention_hours < DELTA_DEFAULT_RETENTION_H:
         log.warning("VACUUM with %.4g h retention (< Delta's %.0f h): versions older than that "
                     "can no longer be read (time travel, pinned run inputs)", mc.retention_hours,
                     DELTA_DEFAULT_RETENTION_H)
-        spark.conf.set(check, "false")
     rows = []
-    try:
+    with retention_check_lifted(spark, mc.retention_hours if mc.vacuum else
+                                DELTA_DEFAULT_RETENTION_H):
         for i, table in enumerate(tables, 1):
             t = time.perf_counter()
             opt = optimize(spark, lake, table) if mc.optimize else None
@@ -179,8 +196,6 @@ def main(spark: SparkSession, cfg: Config) -> list[dict]:
             rows.append(row)
             log.info("[%d/%d] %s: %s, %s files, %.1fs", i, len(tables), table, row["optimized"],
                      f"{row['files']:,}", time.perf_counter() - t)
-    finally:
-        spark.conf.set(check, before)
     print(format_health(rows))
     summary("maintain", tables=tables, lake=lake.root, seconds=time.perf_counter() - t0,
             tables_maintained=len(rows), files=sum(r["files"] for r in rows),

@@ -68,13 +68,16 @@ def test_demo_end_to_end(spark, tmp_path: Path, capsys):
     assert cold["text"] > 2 * cold["random"], cold.to_dict()
     assert "cold start, user_idx" in printed and "task:purchase: AUC" in printed
     # ... and swept ALS with Ray Tune: 4 trials, a leaderboard, the best config refit on test
-    trials = lake.read(spark, L.METRICS_TUNE_TRIALS).where("sweep_id = 'demo-als'")
+    trials = lake.read(spark, L.METRICS_TUNE_TRIALS).where("sweep_id = 'demo-tune-als'")
     assert trials.count() == 4
-    best = lake.read(spark, L.METRICS_BEST_CONFIGS).where("sweep_id = 'demo-als'").first()
+    best = lake.read(spark, L.METRICS_BEST_CONFIGS).where("sweep_id = 'demo-tune-als'").first()
     assert 0 < best.valid_value < 1 and 0 < best.test_value < 1
-    assert "best of demo-als" in printed and "valid ndcg@10" in printed
+    assert "best of demo-tune-als" in printed and "valid ndcg@10" in printed
     for model in ("ncf", "sasrec", "lightgcn"):
-        assert f"demo-{model}-" in printed
+        assert f"demo-{model}" in printed
+    # the demo is `reclake pipeline`: its per-stage lines, its final table, its state
+    assert "reclake pipeline 'demo'" in printed and "9 stage(s) ran, 0 skipped" in printed
+    assert lake.read(spark, L.AUDIT_PIPELINE).where("status = 'done'").count() == 9
     assert "ndcg" in printed and "popularity" in printed
     als_run = ev[ev["model"] == "als"]["run_id"].iloc[0]
     recs = lake.read(spark, L.GOLD_RECOMMENDATIONS).where(F.col("run_id") == als_run)
@@ -142,7 +145,8 @@ def test_help_lines_are_whole_sentences_and_metavars_read_well():
     out = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     flat = " ".join(out.split())
-    assert "-> evaluate -> influence." in flat  # the demo's line no longer stops mid-sentence
+    assert "then a cold-start example." in flat  # the demo's line does not stop mid-sentence
+    assert "skipping those whose inputs are unchanged." in flat
     assert "--config FILE" in out and "_CONFIG" not in out
     for stage in cli.STAGES:
         line = cli.first_sentence(__import__(cli.STAGES[stage], fromlist=["x"]).__doc__)

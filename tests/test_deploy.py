@@ -696,6 +696,7 @@ def test_make_dist_builds_wheel_and_importable_pyfiles(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(pyfiles)), r.stdout
 
+
 # --- the scale profiles (docs/scaling.md) ---------------------------------------------------------
 
 SCALE_PROFILES = {"yarn-1b-etl": ("ingest", "transform", "split"), "yarn-1b-als": ("fit",)}
@@ -743,3 +744,128 @@ def test_submit_accepts_the_scale_profiles(profile: str, stage: str):
                            partitions=str(cfg.spark.shuffle_partitions))
     _parses(stage, flags)  # the stage's own parser takes the flags
 
+
+# --- the pipeline as an Airflow DAG and as a chain of cluster jobs ---------------------------------
+
+DAG_FILE = DEPLOY / "airflow" / "reclake_dag.py"
+CHAIN = DEPLOY / "pipeline" / "run-on-cluster.sh"
+CONFIG_FILE = "configs/default.yaml"
+
+
+def _check_pipeline_command(argv: list[str], stage: str, where: str) -> str:
+    """One stage's command: ``submit.sh --profile P pipeline ... --only STAGE`` or ``ray job
+    submit ... -- reclake ... pipeline --only STAGE``; the flags parse. Returns the runner."""
+    if argv[0] == "deploy/spark/submit.sh":
+        assert argv[1] == "--profile" and (DEPLOY / f"spark/profiles/{argv[2]}.conf").is_file()
+        assert argv[3] == "pipeline", f"{where}: {shlex.join(argv)}"
+        flags = argv[4:]
+        _parses("pipeline", flags)
+        runner = "spark"
+    else:
+        assert argv[:3] == ["ray", "job", "submit"], f"{where}: {shlex.join(argv)}"
+        env = argv[argv.index("--runtime-env") + 1]
+        assert (ROOT / env).is_file(), env
+        flags = argv[argv.index("--") + 1:]
+        assert flags[0] == "reclake" and "pipeline" in flags
+        _parses(None, flags[1:])
+        runner = "ray"
+    assert flags[flags.index("--only") + 1] == stage, f"{where}: {shlex.join(argv)}"
+    return runner
+
+
+def _load_dag(monkeypatch, airflow: bool):
+    """deploy/airflow/reclake_dag.py imported; with ``airflow``, against a stand-in Airflow that
+    records the operators and the chain the DAG builds."""
+    import sys
+    import types
+
+    built: dict = {"tasks": [], "chain": None, "dag": None}
+    if airflow:
+        class DAG:
+            def __init__(self, **kw):
+                built["dag"] = kw
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class BashOperator:
+            def __init__(self, *, task_id, bash_command, cwd=None):
+                self.task_id, self.bash_command, self.cwd = task_id, bash_command, cwd
+                built["tasks"].append(self)
+
+        def chain(*tasks):
+            built["chain"] = [t.task_id for t in tasks]
+
+        mods = {"airflow": types.ModuleType("airflow"),
+                "airflow.models": types.ModuleType("airflow.models"),
+                "airflow.models.baseoperator": types.ModuleType("airflow.models.baseoperator"),
+                "airflow.providers": types.ModuleType("airflow.providers"),
+                "airflow.providers.standard": types.ModuleType("airflow.providers.standard"),
+                "airflow.providers.standard.operators":
+                    types.ModuleType("airflow.providers.standard.operators"),
+                "airflow.providers.standard.operators.bash":
+                    types.ModuleType("airflow.providers.standard.operators.bash")}
+        mods["airflow"].DAG = DAG
+        mods["airflow.models.baseoperator"].chain = chain
+        mods["airflow.providers.standard.operators.bash"].BashOperator = BashOperator
+        for name, mod in mods.items():
+            monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("reclake_dag", DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, built
+
+
+def test_airflow_dag_runs_the_pipeline_stages_in_order(monkeypatch):
+    from common.config import PIPELINE_STAGES
+    from jobs import pipeline
+
+    module, _ = _load_dag(monkeypatch, airflow=False)  # importable without Airflow
+    assert [s for s, _ in module.STAGES] == list(PIPELINE_STAGES)
+    ray_stages = {"train", "tune", "embed"}
+    for stage, runner in module.STAGES:
+        argv = shlex.split(module.command(stage, runner, CONFIG_FILE, "http://head:8265"))
+        assert _check_pipeline_command(argv, stage, "reclake_dag.py") == runner
+        assert (runner == "ray") == (stage in ray_stages)
+    assert [s.name for s in pipeline.STAGES] == list(PIPELINE_STAGES)
+
+    module, built = _load_dag(monkeypatch, airflow=True)
+    assert built["dag"]["dag_id"] == "reclake_pipeline" and built["dag"]["max_active_runs"] == 1
+    assert built["chain"] == list(PIPELINE_STAGES)  # one task per stage, each after the last
+    for task in built["tasks"]:
+        assert "{{ var.value.reclake_config }}" in task.bash_command
+        assert task.bash_command.endswith(f"--only {task.task_id}") and task.cwd
+
+
+def test_cluster_chain_runs_the_pipeline_stages_in_order():
+    from common.config import PIPELINE_STAGES
+
+    r = subprocess.run(["bash", str(CHAIN)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=_env(DRY_RUN="1", CONFIG=CONFIG_FILE, PROFILE="yarn",
+                                RAY_ADDRESS="http://head:8265"))
+    assert r.returncode == 0, r.stderr
+    commands = [shlex.split(ln[2:]) for ln in r.stderr.splitlines() if ln.startswith("+ ")]
+    assert len(commands) == len(PIPELINE_STAGES)
+    for stage, argv in zip(PIPELINE_STAGES, commands, strict=True):
+        _check_pipeline_command(argv, stage, "run-on-cluster.sh")
+    # an unknown profile stops the chain before the first stage (set -e, submit.sh's check)
+    r = subprocess.run(["bash", str(CHAIN)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=_env(PROFILE="nope", CONFIG=CONFIG_FILE, SPARK_SUBMIT="/bin/false"))
+    assert r.returncode != 0 and "+ deploy/spark/submit.sh --profile nope" in r.stderr
+    assert "ray job submit" not in r.stderr
+
+
+def test_readme_shows_the_pipeline_files_as_they_are():
+    """README's DAG and chain blocks (marked with the file they come from) are the files' lines."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- from (deploy/\S+) -->\s*```\w*\n(.*?)```", readme, re.S)
+    assert {f for f, _ in blocks} >= {"deploy/airflow/reclake_dag.py",
+                                      "deploy/pipeline/run-on-cluster.sh"}
+    for rel, block in blocks:
+        text = (ROOT / rel).read_text()
+        for line in block.splitlines():
+            if line.strip() and line.strip() != "...":
+                assert line in text, f"README block from {rel}: {line!r} is not in the file"
